@@ -1,0 +1,125 @@
+// Command tokenvend is the token broker: `serve` runs it from a config file,
+// `check` validates a config, `demo` runs it against built-in simulators.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tokenvend/tokenvend/internal/app"
+	"github.com/tokenvend/tokenvend/internal/config"
+	"github.com/tokenvend/tokenvend/internal/demo"
+)
+
+const usage = `usage:
+  tokenvend serve --config FILE      run the service
+  tokenvend check --config FILE      validate a config; exit non-zero naming every bad field
+  tokenvend demo [--grpc-addr A] [--http-addr A]
+                                     run the service against built-in simulators
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "tokenvend:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("a command is required")
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	fs := flag.NewFlagSet("tokenvend "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	switch args[0] {
+	case "serve":
+		path := fs.String("config", "", "the config file")
+		if err := parse(fs, args[1:], true); err != nil {
+			return err
+		}
+		cfg, err := loadChecked(*path)
+		if err != nil {
+			return err
+		}
+		return serve(ctx, cfg, log)
+	case "check":
+		path := fs.String("config", "", "the config file")
+		if err := parse(fs, args[1:], true); err != nil {
+			return err
+		}
+		if _, err := loadChecked(*path); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", *path)
+		return nil
+	case "demo":
+		grpcAddr := fs.String("grpc-addr", config.DefaultGRPCAddr, "the gRPC listen address")
+		httpAddr := fs.String("http-addr", config.DefaultHTTPAddr, "the HTTP listen address")
+		if err := parse(fs, args[1:], false); err != nil {
+			return err
+		}
+		d, err := demo.Start(*grpcAddr, *httpAddr)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		for provider, url := range d.Upstreams {
+			log.Info("demo upstream", "provider", provider, "protected_endpoint", url)
+		}
+		return serve(ctx, d.Config, log)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}
+
+// parse parses flags; with needConfig, --config is required.
+func parse(fs *flag.FlagSet, args []string, needConfig bool) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if f := fs.Lookup("config"); needConfig && f != nil && f.Value.String() == "" {
+		return errors.New("--config FILE is required")
+	}
+	return nil
+}
+
+// loadChecked loads a config and validates every provider's keys.
+func loadChecked(path string) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if cfg != nil {
+		err = errors.Join(err, app.Check(cfg))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("invalid config %s:\n%w", path, err)
+	}
+	return cfg, nil
+}
+
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	a, err := app.New(ctx, cfg, app.Options{Log: log})
+	if err != nil {
+		return err
+	}
+	return a.Serve(ctx)
+}

@@ -1,0 +1,231 @@
+// Package app wires the service together: it builds the providers from
+// the config, and serves the TokenService over gRPC (with health and
+// reflection) and over REST through grpc-gateway, with health, readiness,
+// the OpenAPI document and Prometheus metrics on the HTTP port.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/test/bufconn"
+
+	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/broker"
+	"github.com/tokenvend/tokenvend/internal/config"
+	"github.com/tokenvend/tokenvend/internal/server"
+	"github.com/tokenvend/tokenvend/internal/telemetry"
+	"github.com/tokenvend/tokenvend/internal/token"
+)
+
+// Options are what tests and the demo may change; zero values are right
+// for production.
+type Options struct {
+	// Log receives the service's log (JSON to stderr when nil).
+	Log *slog.Logger
+	// Now is the clock of caches and providers (time.Now when nil).
+	Now func() time.Time
+	// SpanExporter, when set, receives every span (tests).
+	SpanExporter sdktrace.SpanExporter
+	// RetryBase is the first wait between login attempts (200ms when 0).
+	RetryBase time.Duration
+}
+
+// Check validates cfg completely, every provider's keys included, without
+// touching the network. The error names every bad field.
+func Check(cfg *config.Config) error {
+	_, err := buildProviders(cfg, deps{http: http.DefaultClient, now: time.Now})
+	return err
+}
+
+// App is a configured service, listening but not yet serving.
+type App struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	tel      *telemetry.Telemetry
+	grpcLn   net.Listener
+	httpLn   net.Listener
+	pipe     *bufconn.Listener
+	gwConn   *grpc.ClientConn
+	grpcSrv  *grpc.Server
+	httpSrv  *http.Server
+	health   *health.Server
+	stopping atomic.Bool
+}
+
+// New builds the service for cfg and binds its listeners, so the addresses
+// are known (and port 0 resolved) before Serve.
+func New(ctx context.Context, cfg *config.Config, o Options) (a *App, err error) {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	a = &App{cfg: cfg, log: o.Log}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	if a.tel, err = telemetry.New(ctx, telemetry.Options{SpanExporter: o.SpanExporter}); err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
+	// Upstream calls are traced as client spans under the login span.
+	hc := &http.Client{Transport: otelhttp.NewTransport(http.DefaultTransport,
+		otelhttp.WithTracerProvider(a.tel.Tracer), otelhttp.WithMeterProvider(a.tel.Meter),
+		otelhttp.WithPropagators(a.tel.Propagators))}
+	providers, err := buildProviders(cfg, deps{http: hc, now: o.Now})
+	if err != nil {
+		return nil, err
+	}
+	metrics, err := token.NewMetrics(a.tel.Meter.Meter("tokenvend"))
+	if err != nil {
+		return nil, err
+	}
+
+	a.health = health.NewServer()
+	a.health.SetServingStatus(tokenvendv1.TokenService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	for _, p := range providers {
+		a.health.SetServingStatus(p.Name, healthpb.HealthCheckResponse_SERVING)
+	}
+	b := broker.New(providers, token.Options{
+		RefreshBefore:    cfg.Cache.RefreshBefore,
+		MinValid:         cfg.Cache.MinValid,
+		RejectBackoff:    cfg.Cache.RejectBackoff,
+		MaxRejectBackoff: cfg.Cache.MaxRejectBackoff,
+		LoginTimeout:     cfg.Cache.LoginTimeout,
+		LoginAttempts:    cfg.Cache.LoginAttempts,
+		RetryBase:        o.RetryBase,
+		Now:              o.Now,
+		Tracer:           a.tel.Tracer.Tracer("tokenvend"),
+		Metrics:          metrics,
+		Log:              o.Log,
+	}, a.providerHeld)
+	srv, err := server.New(b, o.Log, a.tel.Meter.Meter("tokenvend"))
+	if err != nil {
+		return nil, err
+	}
+
+	a.grpcSrv = grpc.NewServer(grpc.StatsHandler(otelgrpc.NewServerHandler(
+		otelgrpc.WithTracerProvider(a.tel.Tracer), otelgrpc.WithMeterProvider(a.tel.Meter),
+		otelgrpc.WithPropagators(a.tel.Propagators))))
+	tokenvendv1.RegisterTokenServiceServer(a.grpcSrv, srv)
+	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
+	reflection.Register(a.grpcSrv)
+
+	// The gateway reaches the TokenService through a real gRPC connection
+	// over an in-process pipe: REST calls take the same path as gRPC ones.
+	a.pipe = bufconn.Listen(1 << 20)
+	a.gwConn, err = grpc.NewClient("passthrough:///tokenvend",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return a.pipe.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	gw, err := newGateway(ctx, a.gwConn)
+	if err != nil {
+		return nil, err
+	}
+	a.httpSrv = &http.Server{
+		Handler:           a.httpHandler(gw),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
+	}
+
+	if a.grpcLn, err = net.Listen("tcp", cfg.Server.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("server.grpc_addr: %w", err)
+	}
+	if a.httpLn, err = net.Listen("tcp", cfg.Server.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("server.http_addr: %w", err)
+	}
+	return a, nil
+}
+
+// GRPCAddr is the address the gRPC port listens on.
+func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
+
+// HTTPAddr is the address the HTTP port listens on.
+func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// providerHeld reflects a provider's rejected credentials in its health.
+func (a *App) providerHeld(provider string, held bool) {
+	st := healthpb.HealthCheckResponse_SERVING
+	if held {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	if !a.stopping.Load() {
+		a.health.SetServingStatus(provider, st)
+	}
+}
+
+// Serve serves until ctx ends, then stops gracefully: health turns
+// NOT_SERVING, no new calls are accepted, in-flight ones finish (within
+// server.shutdown_timeout). It returns nil after a clean stop.
+func (a *App) Serve(ctx context.Context) error {
+	errc := make(chan error, 3)
+	go func() { errc <- a.grpcSrv.Serve(a.grpcLn) }()
+	go func() { errc <- a.grpcSrv.Serve(a.pipe) }()
+	go func() { errc <- a.httpSrv.Serve(a.httpLn) }()
+	a.log.InfoContext(ctx, "tokenvend serving", "grpc_addr", a.GRPCAddr(), "http_addr", a.HTTPAddr(),
+		"providers", len(a.cfg.Providers))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		err = fmt.Errorf("server stopped: %w", err)
+	}
+	a.log.Info("tokenvend stopping")
+	a.stopping.Store(true)
+	a.health.Shutdown()
+
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.Server.ShutdownTimeout)
+	defer cancel()
+	if e := a.httpSrv.Shutdown(sctx); e != nil {
+		err = errors.Join(err, fmt.Errorf("http shutdown: %w", e))
+	}
+	stopped := make(chan struct{})
+	go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-sctx.Done():
+		a.grpcSrv.Stop()
+		err = errors.Join(err, errors.New("in-flight calls did not finish within server.shutdown_timeout"))
+	}
+	a.close()
+	if e := a.tel.Shutdown(sctx); e != nil {
+		a.log.Warn("telemetry shutdown", "error", e.Error())
+	}
+	a.log.Info("tokenvend stopped")
+	return err
+}
+
+// close releases what New acquired. Serve's servers close the listeners
+// too; closing twice is harmless.
+func (a *App) close() {
+	if a.gwConn != nil {
+		_ = a.gwConn.Close()
+	}
+	if a.grpcLn != nil {
+		_ = a.grpcLn.Close()
+	}
+	if a.httpLn != nil {
+		_ = a.httpLn.Close()
+	}
+}

@@ -1,0 +1,61 @@
+package app
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/tokenvend/tokenvend"
+	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+)
+
+// newGateway returns the REST mirror of the TokenService. JSON uses the
+// proto field names (access_token, expire_time), as OAuth callers expect,
+// and a request body with an unknown field is refused, not half-read.
+func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+		}),
+	)
+	if err := tokenvendv1.RegisterTokenServiceHandler(ctx, mux, conn); err != nil {
+		return nil, err
+	}
+	return mux, nil
+}
+
+// httpHandler routes the HTTP port: the REST API under /v1/, and the
+// operational endpoints beside it.
+func (a *App) httpHandler(gw http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", otelhttp.NewHandler(gw, "tokenvend.rest",
+		otelhttp.WithTracerProvider(a.tel.Tracer), otelhttp.WithMeterProvider(a.tel.Meter),
+		otelhttp.WithPropagators(a.tel.Propagators)))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeText(w, http.StatusOK, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if a.stopping.Load() {
+			writeText(w, http.StatusServiceUnavailable, "stopping\n")
+			return
+		}
+		writeText(w, http.StatusOK, "ready\n")
+	})
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(tokenvend.OpenAPI)
+	})
+	mux.Handle("GET /metrics", a.tel.Metrics)
+	return mux
+}
+
+func writeText(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(body))
+}

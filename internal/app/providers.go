@@ -1,0 +1,65 @@
+package app
+
+import (
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tokenvend/tokenvend/internal/broker"
+	"github.com/tokenvend/tokenvend/internal/config"
+	"github.com/tokenvend/tokenvend/internal/kyc"
+)
+
+// deps are what a kind's client may need from the service.
+type deps struct {
+	http *http.Client
+	now  func() time.Time
+}
+
+// kinds builds each upstream scheme from its provider block. Adding a kind
+// is adding its package and one entry here.
+var kinds = map[string]func(p config.Provider, d deps) (broker.Provider, error){
+	"kyc": func(p config.Provider, d deps) (broker.Provider, error) {
+		var c kyc.Config
+		if err := p.Load(&c); err != nil {
+			return broker.Provider{}, err
+		}
+		return broker.Provider{Source: kyc.New(c, d.http, d.now)}, nil
+	},
+}
+
+// buildProviders builds every configured provider, naming every bad field
+// of every provider in the error. It makes no network call, so it is also
+// what `tokenvend check` runs.
+func buildProviders(cfg *config.Config, d deps) ([]broker.Provider, error) {
+	var out []broker.Provider
+	var errs []error
+	for _, p := range cfg.Providers {
+		build, ok := kinds[p.Kind]
+		if !ok {
+			if p.Kind != "" {
+				errs = append(errs, config.Errorf(config.Join(p.Path, "kind"), "unknown kind %q (known: %s)", p.Kind, strings.Join(kindNames(), ", ")))
+			}
+			continue
+		}
+		bp, err := build(p, d)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		bp.Name, bp.Kind = p.Name, p.Kind
+		out = append(out, bp)
+	}
+	return out, errors.Join(errs...)
+}
+
+func kindNames() []string {
+	var names []string
+	for k := range kinds {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	return names
+}

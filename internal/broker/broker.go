@@ -1,0 +1,232 @@
+// Package broker answers token requests for the configured providers. It
+// checks each request against the provider's rules, asks the provider's
+// token.Cache (or, for single-use schemes, the Source itself on every call)
+// and adds per-call parts such as a TOTP code after the cache.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tokenvend/tokenvend/internal/token"
+)
+
+// Provider is one configured upstream, as its kind built it.
+type Provider struct {
+	Name, Kind string
+	Source     token.Source
+	Scopes     Scopes
+	// Subject is true for schemes that mint a token for an end user;
+	// other providers refuse a request that names one.
+	Subject bool
+	// SingleUse sources are asked on every call and never cached.
+	SingleUse bool
+	// PerCall, when set, adds the parts that must be fresh on every call.
+	PerCall PerCall
+}
+
+// Scopes are a provider's scope rules.
+type Scopes struct {
+	// Allowed lists the scopes a caller may ask for. Empty with an empty
+	// Default means the provider takes no scope.
+	Allowed []string
+	// Default is used when a request names no scope. Empty with a
+	// non-empty Allowed means a caller must name one.
+	Default string
+}
+
+// PerCall adds per-call parts to a (possibly cached) token.
+type PerCall interface {
+	// Finish returns t with the per-call parts added, and its expiry
+	// brought forward to theirs. It must not modify t.
+	Finish(ctx context.Context, t *token.Token) (*token.Token, error)
+}
+
+// Request is a caller's request.
+type Request struct {
+	Provider, Scope, Subject string
+	MinValidFor              time.Duration
+}
+
+// Answer is a credential ready for the caller.
+type Answer struct {
+	Token     *token.Token
+	SingleUse bool
+	Outcome   token.Outcome
+}
+
+// Reasons for request errors; stable API as google.rpc.ErrorInfo reasons.
+const (
+	ReasonInvalidProvider  = "INVALID_PROVIDER"
+	ReasonProviderNotFound = "PROVIDER_NOT_FOUND"
+	ReasonInvalidScope     = "INVALID_SCOPE"
+	ReasonScopeNotAllowed  = "SCOPE_NOT_ALLOWED"
+	ReasonInvalidSubject   = "INVALID_SUBJECT"
+	ReasonInvalidMinValid  = "INVALID_MIN_VALID_FOR"
+)
+
+// maxMinValidFor bounds min_valid_for: no upstream here issues day-long
+// tokens, so a larger value is a unit mistake.
+const maxMinValidFor = 24 * time.Hour
+
+// Broker serves the configured providers.
+type Broker struct {
+	byName map[string]*provider
+	list   []*provider
+}
+
+type provider struct {
+	Provider
+	cache *token.Cache // nil for single-use providers
+}
+
+// New builds a Broker. Each cacheable provider gets a token.Cache with
+// options o, labelled with its name and kind; onHold (optional) hears when
+// a provider's logins become held after a rejection and when they resume.
+func New(ps []Provider, o token.Options, onHold func(provider string, held bool)) *Broker {
+	b := &Broker{byName: make(map[string]*provider, len(ps))}
+	for _, p := range ps {
+		bp := &provider{Provider: p}
+		if !p.SingleUse {
+			co := o
+			co.Provider, co.Kind = p.Name, p.Kind
+			if onHold != nil {
+				name := p.Name
+				co.OnHold = func(held bool) { onHold(name, held) }
+			}
+			bp.cache = token.NewCache(p.Source, co)
+		}
+		b.byName[p.Name] = bp
+		b.list = append(b.list, bp)
+	}
+	return b
+}
+
+// Token answers one request.
+func (b *Broker) Token(ctx context.Context, r Request) (Answer, error) {
+	p, scope, err := b.check(r)
+	if err != nil {
+		return Answer{}, err
+	}
+	var a Answer
+	if p.SingleUse {
+		a.SingleUse = true
+		a.Token, err = p.Source.Token(ctx, token.Request{Scope: scope, Subject: r.Subject})
+		if err == nil && a.Token == nil {
+			err = errors.New("provider returned no token")
+		}
+	} else {
+		a.Token, a.Outcome, err = p.cache.Get(ctx, token.Key{Scope: scope, Subject: r.Subject}, r.MinValidFor)
+	}
+	if err == nil && p.PerCall != nil {
+		a.Token, err = p.PerCall.Finish(ctx, a.Token)
+	}
+	if err != nil {
+		return a, err
+	}
+	return a, nil
+}
+
+// check validates r and returns its provider and effective scope.
+func (b *Broker) check(r Request) (*provider, string, error) {
+	if r.Provider == "" {
+		return nil, "", invalid(ReasonInvalidProvider, "provider is required: name one of the configured providers (ListProviders lists them)")
+	}
+	if len(r.Provider) > 63 || !printable(r.Provider) {
+		return nil, "", invalid(ReasonInvalidProvider, "provider is malformed: a provider name is at most 63 printable characters")
+	}
+	p := b.byName[r.Provider]
+	if p == nil {
+		return nil, "", &token.Error{Kind: token.KindNotFound, Reason: ReasonProviderNotFound,
+			Message: fmt.Sprintf("no provider named %q is configured (ListProviders lists them)", r.Provider)}
+	}
+	if len(r.Scope) > 256 || !printable(r.Scope) {
+		return nil, "", invalid(ReasonInvalidScope, "scope is malformed: at most 256 printable characters, no spaces")
+	}
+	if len(r.Subject) > 256 || strings.ContainsFunc(r.Subject, func(c rune) bool { return c < 0x20 || c == 0x7f }) {
+		return nil, "", invalid(ReasonInvalidSubject, "subject is malformed: at most 256 characters, no control characters")
+	}
+	if r.Subject != "" && !p.Subject {
+		return nil, "", invalid(ReasonInvalidSubject, fmt.Sprintf("provider %q does not mint tokens for a subject: leave subject empty", p.Name))
+	}
+	if r.MinValidFor < 0 || r.MinValidFor > maxMinValidFor {
+		return nil, "", invalid(ReasonInvalidMinValid, fmt.Sprintf("min_valid_for must be between 0 and %s", maxMinValidFor))
+	}
+	scope := r.Scope
+	if scope == "" {
+		scope = p.Scopes.Default
+	}
+	switch {
+	case scope == "" && len(p.Scopes.Allowed) == 0:
+		return p, "", nil
+	case scope == "":
+		return nil, "", invalid(ReasonInvalidScope, fmt.Sprintf("provider %q needs a scope: one of %s", p.Name, strings.Join(p.Scopes.Allowed, ", ")))
+	case scope == p.Scopes.Default || slices.Contains(p.Scopes.Allowed, scope):
+		return p, scope, nil
+	case len(p.Scopes.Allowed) == 0 && p.Scopes.Default == "":
+		return nil, "", denied(fmt.Sprintf("provider %q takes no scope: leave scope empty", p.Name))
+	default:
+		return nil, "", denied(fmt.Sprintf("provider %q does not allow scope %q; allowed: %s", p.Name, scope, strings.Join(p.allowed(), ", ")))
+	}
+}
+
+func invalid(reason, msg string) error {
+	return &token.Error{Kind: token.KindInvalid, Reason: reason, Message: msg}
+}
+
+func denied(msg string) error {
+	return &token.Error{Kind: token.KindDenied, Reason: ReasonScopeNotAllowed, Message: msg}
+}
+
+// printable reports whether s holds only visible ASCII (no spaces).
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// allowed lists every scope a caller may name, the default first.
+func (p *provider) allowed() []string {
+	var out []string
+	if p.Scopes.Default != "" {
+		out = append(out, p.Scopes.Default)
+	}
+	for _, s := range p.Scopes.Allowed {
+		if s != p.Scopes.Default {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Info describes a provider for listings and health; it holds no secret.
+type Info struct {
+	Name, Kind   string
+	Scopes       []string
+	DefaultScope string
+	// Valid is true when a cached credential with enough validity is held.
+	Valid bool
+	// Held is the rejection the provider's logins are held for, if any.
+	Held *token.Error
+}
+
+// Providers describes every provider, in configuration order.
+func (b *Broker) Providers() []Info {
+	out := make([]Info, 0, len(b.list))
+	for _, p := range b.list {
+		i := Info{Name: p.Name, Kind: p.Kind, Scopes: p.allowed(), DefaultScope: p.Scopes.Default}
+		if p.cache != nil {
+			s := p.cache.State()
+			i.Valid, i.Held = s.Valid, s.Held
+		}
+		out = append(out, i)
+	}
+	return out
+}

@@ -1,0 +1,256 @@
+// Package config is tokenvend's configuration: one typed struct loaded from
+// YAML, strictly (unknown keys are errors), with defaults applied and every
+// bad field named in the error. Each provider's kind-specific keys are
+// decoded later by the kind itself through Provider.Decode, so this package
+// knows nothing about the upstream schemes.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole service configuration.
+type Config struct {
+	Server    Server     `yaml:"server"`
+	Cache     Cache      `yaml:"cache"`
+	Providers []Provider `yaml:"providers"`
+}
+
+// Server says where the service listens.
+type Server struct {
+	GRPCAddr string `yaml:"grpc_addr"`
+	HTTPAddr string `yaml:"http_addr"`
+	// ShutdownTimeout bounds how long in-flight calls may take to finish
+	// after SIGTERM before the servers are stopped hard.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Cache tunes how credentials are cached, refreshed and retried.
+type Cache struct {
+	// RefreshBefore starts a background refresh this long before a cached
+	// token expires.
+	RefreshBefore time.Duration `yaml:"refresh_before"`
+	// MinValid is the least validity a cached token must have left to be
+	// handed out.
+	MinValid time.Duration `yaml:"min_valid"`
+	// RejectBackoff is how long logins are held after an upstream rejects
+	// the configured credentials; it doubles on each further rejection up
+	// to MaxRejectBackoff, so a wrong password cannot lock an account.
+	RejectBackoff    time.Duration `yaml:"reject_backoff"`
+	MaxRejectBackoff time.Duration `yaml:"max_reject_backoff"`
+	// LoginTimeout bounds one shared login, retries included.
+	LoginTimeout time.Duration `yaml:"login_timeout"`
+	// LoginAttempts is how many times a transient failure (network, 5xx)
+	// is tried before callers get UNAVAILABLE.
+	LoginAttempts int `yaml:"login_attempts"`
+}
+
+// Provider is one configured upstream. Name and Kind are common to all;
+// the rest of its keys belong to its kind and are read with Decode.
+type Provider struct {
+	Name string `yaml:"name"`
+	Kind string `yaml:"kind"`
+	// Path is the provider's place in the file, e.g. "providers[2]", for
+	// error messages.
+	Path string `yaml:"-"`
+	node *yaml.Node
+}
+
+// Defaults for every optional setting.
+const (
+	DefaultGRPCAddr         = "127.0.0.1:9090"
+	DefaultHTTPAddr         = "127.0.0.1:8080"
+	DefaultShutdownTimeout  = 15 * time.Second
+	DefaultRefreshBefore    = 5 * time.Minute
+	DefaultMinValid         = 30 * time.Second
+	DefaultRejectBackoff    = time.Minute
+	DefaultMaxRejectBackoff = 30 * time.Minute
+	DefaultLoginTimeout     = 30 * time.Second
+	DefaultLoginAttempts    = 3
+)
+
+// UnmarshalYAML keeps the provider's node for its kind to decode later.
+func (p *Provider) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return errors.New("must be a mapping")
+	}
+	p.node = n
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		switch v := n.Content[i+1]; n.Content[i].Value {
+		case "name":
+			p.Name = v.Value
+		case "kind":
+			p.Kind = v.Value
+		}
+	}
+	return nil
+}
+
+// Decode reads the provider's kind-specific keys into v, a pointer to the
+// kind's config struct. Keys v does not name are errors, paths included.
+func (p Provider) Decode(v any) error {
+	if p.node == nil {
+		return nil
+	}
+	return decode(p.node, v, p.Path, "name", "kind")
+}
+
+// Load reads and validates the configuration file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(data)
+}
+
+// Parse decodes and validates a configuration document. The error names
+// every bad field, one per line.
+func Parse(data []byte) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("not valid YAML: %w", err)
+	}
+	cfg := &Config{}
+	if len(root.Content) == 0 {
+		return nil, errors.New("providers: at least one provider is required")
+	}
+	err := decode(&root, cfg, "")
+	for i := range cfg.Providers {
+		cfg.Providers[i].Path = fmt.Sprintf("providers[%d]", i)
+	}
+	cfg.setDefaults()
+	return cfg, errors.Join(err, cfg.validate())
+}
+
+func (c *Config) setDefaults() {
+	setDefault(&c.Server.GRPCAddr, DefaultGRPCAddr)
+	setDefault(&c.Server.HTTPAddr, DefaultHTTPAddr)
+	setDefault(&c.Server.ShutdownTimeout, DefaultShutdownTimeout)
+	setDefault(&c.Cache.RefreshBefore, DefaultRefreshBefore)
+	setDefault(&c.Cache.MinValid, DefaultMinValid)
+	setDefault(&c.Cache.RejectBackoff, DefaultRejectBackoff)
+	setDefault(&c.Cache.MaxRejectBackoff, DefaultMaxRejectBackoff)
+	setDefault(&c.Cache.LoginTimeout, DefaultLoginTimeout)
+	setDefault(&c.Cache.LoginAttempts, DefaultLoginAttempts)
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,62}$`)
+
+// ValidName reports whether s can name a provider: lower-case letters,
+// digits, '-' and '_', starting with a letter, at most 63 characters.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+func (c *Config) validate() error {
+	var errs []error
+	check := func(ok bool, path, msg string) {
+		if !ok {
+			errs = append(errs, Errorf(path, "%s", msg))
+		}
+	}
+	for path, addr := range map[string]string{"server.grpc_addr": c.Server.GRPCAddr, "server.http_addr": c.Server.HTTPAddr} {
+		if err := validAddr(addr); err != nil {
+			errs = append(errs, Errorf(path, "%v", err))
+		}
+	}
+	check(c.Server.GRPCAddr != c.Server.HTTPAddr, "server.http_addr", "must differ from server.grpc_addr")
+	check(c.Server.ShutdownTimeout > 0, "server.shutdown_timeout", "must be positive")
+	check(c.Cache.RefreshBefore > 0, "cache.refresh_before", "must be positive")
+	check(c.Cache.MinValid >= 0, "cache.min_valid", "must not be negative")
+	check(c.Cache.RejectBackoff > 0, "cache.reject_backoff", "must be positive")
+	check(c.Cache.MaxRejectBackoff >= c.Cache.RejectBackoff, "cache.max_reject_backoff", "must be at least cache.reject_backoff")
+	check(c.Cache.LoginTimeout > 0, "cache.login_timeout", "must be positive")
+	check(c.Cache.LoginAttempts >= 1 && c.Cache.LoginAttempts <= 10, "cache.login_attempts", "must be between 1 and 10")
+	check(len(c.Providers) > 0, "providers", "at least one provider is required")
+	seen := map[string]string{}
+	for _, p := range c.Providers {
+		switch {
+		case p.Name == "":
+			errs = append(errs, Errorf(Join(p.Path, "name"), "is required"))
+		case !ValidName(p.Name):
+			errs = append(errs, Errorf(Join(p.Path, "name"), "must be lower-case letters, digits, '-' or '_', starting with a letter (at most 63)"))
+		case seen[p.Name] != "":
+			errs = append(errs, Errorf(Join(p.Path, "name"), "%q is already used by %s", p.Name, seen[p.Name]))
+		default:
+			seen[p.Name] = p.Path
+		}
+		check(p.Kind != "", Join(p.Path, "kind"), "is required")
+	}
+	return errors.Join(errs...)
+}
+
+func validAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("must be host:port")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return errors.New("port must be a number from 0 to 65535")
+	}
+	if host != "" && net.ParseIP(host) == nil && !regexp.MustCompile(`^[A-Za-z0-9.-]+$`).MatchString(host) {
+		return errors.New("host must be an IP address or a host name")
+	}
+	return nil
+}
+
+// CheckURL checks that s is an absolute http or https URL, as every
+// upstream base URL must be.
+func CheckURL(s string) error {
+	if s == "" {
+		return errors.New("is required")
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("must be an absolute http or https URL")
+	}
+	if u.User != nil {
+		return errors.New("must not carry credentials: use the secret keys")
+	}
+	return nil
+}
+
+// Validator is a kind's config struct: Validate checks it, fills its
+// defaults and returns FieldErrors named by key.
+type Validator interface {
+	Validate() error
+}
+
+// Load decodes the provider's kind-specific keys into v and validates it.
+// Every bad field is named once, with its full path: a field that failed to
+// decode is not reported again by validation.
+func (p Provider) Load(v Validator) error {
+	derr := p.Decode(v)
+	verr := Nest(p.Path, v.Validate())
+	if derr == nil || verr == nil {
+		return errors.Join(derr, verr)
+	}
+	bad := map[string]bool{}
+	for _, e := range flatten(derr) {
+		if fe, ok := e.(*FieldError); ok {
+			bad[fe.Path] = true
+		}
+	}
+	errs := []error{derr}
+	for _, e := range flatten(verr) {
+		if fe, ok := e.(*FieldError); !ok || !bad[fe.Path] {
+			errs = append(errs, e)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,93 @@
+// Package demo runs tokenvend against simulators of its upstreams on
+// loopback, with built-in demo credentials: what `make run` starts, so a
+// new user can try the service with no secret and no upstream account.
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/tokenvend/tokenvend/internal/config"
+	"github.com/tokenvend/tokenvend/internal/kycsim"
+)
+
+// Demo credentials. They exist only inside the simulators.
+const (
+	KYCUser     = "ops@example.com"
+	KYCPassword = "demo-kyc-password"
+)
+
+// Demo is a set of running simulators and the config that points the
+// service at them.
+type Demo struct {
+	// Config is the service configuration for the demo.
+	Config *config.Config
+	// Upstreams maps each provider to its simulator's protected endpoint,
+	// where a vended credential can be tried.
+	Upstreams map[string]string
+	// KYC is the kyc simulator, for tests that read its counters.
+	KYC *kycsim.Server
+
+	servers []*http.Server
+}
+
+// Start starts the simulators on loopback ports and builds the config for
+// a service listening on grpcAddr and httpAddr.
+func Start(grpcAddr, httpAddr string) (*Demo, error) {
+	d := &Demo{Upstreams: map[string]string{}}
+	d.KYC = kycsim.New(kycsim.Options{Users: []kycsim.User{{Email: KYCUser, Password: KYCPassword}}})
+	kycURL, err := d.serve(d.KYC)
+	if err != nil {
+		return nil, err
+	}
+	d.Upstreams["kyc"] = kycURL + "/api/v1/resource"
+
+	yaml := fmt.Sprintf(`
+server:
+  grpc_addr: %q
+  http_addr: %q
+providers:
+  - name: kyc
+    kind: kyc
+    base_url: %q
+    username: %q
+    password: %q
+`, grpcAddr, httpAddr, kycURL, KYCUser, KYCPassword)
+	cfg, err := config.Parse([]byte(yaml))
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("demo config: %w", err)
+	}
+	d.Config = cfg
+	return d, nil
+}
+
+// serve runs h on a fresh loopback port and returns its base URL.
+func (d *Demo) serve(h http.Handler) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		d.Close()
+		return "", err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	d.servers = append(d.servers, srv)
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			_ = ln.Close()
+		}
+	}()
+	return "http://" + ln.Addr().String(), nil
+}
+
+// Close stops the simulators.
+func (d *Demo) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range d.servers {
+		_ = s.Shutdown(ctx)
+	}
+}

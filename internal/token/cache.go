@@ -1,0 +1,447 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// Options tune a Cache. Zero durations and counts take the defaults noted.
+type Options struct {
+	// Provider and Kind label spans, metrics and messages.
+	Provider, Kind string
+	// RefreshBefore starts a background refresh this long before a cached
+	// token expires (5m). A token whose whole lifetime is shorter than
+	// twice this is refreshed at half its life instead.
+	RefreshBefore time.Duration
+	// MinValid is the least validity a cached token needs to be handed out
+	// (30s).
+	MinValid time.Duration
+	// RejectBackoff holds logins after a rejection (1m), doubling per
+	// further rejection up to MaxRejectBackoff (30m).
+	RejectBackoff, MaxRejectBackoff time.Duration
+	// LoginTimeout bounds one shared login, retries included (30s).
+	LoginTimeout time.Duration
+	// LoginAttempts is how often a transient failure is tried (3).
+	LoginAttempts int
+	// RetryBase is the first wait between attempts (200ms); it doubles,
+	// with jitter.
+	RetryBase time.Duration
+	// Now is the clock (time.Now).
+	Now func() time.Time
+	// Tracer records the cache lookup and login spans (no-op when nil).
+	Tracer trace.Tracer
+	// Metrics records lookups and logins (none when nil).
+	Metrics *Metrics
+	// Log receives login failures; never a token or a secret (discarded
+	// when nil).
+	Log *slog.Logger
+	// OnHold, when set, is told when logins become held after a rejection
+	// (true) and when a login succeeds again (false).
+	OnHold func(held bool)
+}
+
+func (o *Options) setDefaults() {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&o.RefreshBefore, 5*time.Minute)
+	def(&o.RejectBackoff, time.Minute)
+	def(&o.MaxRejectBackoff, 30*time.Minute)
+	def(&o.LoginTimeout, 30*time.Second)
+	def(&o.RetryBase, 200*time.Millisecond)
+	if o.MinValid < 0 {
+		o.MinValid = 0
+	}
+	if o.LoginAttempts <= 0 {
+		o.LoginAttempts = 3
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Tracer == nil {
+		o.Tracer = noop.NewTracerProvider().Tracer("")
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Key identifies one cached credential of a provider.
+type Key struct {
+	Scope, Subject string
+}
+
+// Outcome says how a Get was answered, for traces and audit.
+type Outcome struct {
+	// Hit is true when a cached token was returned without waiting.
+	Hit bool
+	// Shared is true when the caller waited on a login another caller
+	// had already started.
+	Shared bool
+	// Held is true when the answer came from the hold on a rejected
+	// login, without asking the upstream.
+	Held bool
+}
+
+// String names the outcome for logs and metrics: hit, login, shared or
+// held.
+func (o Outcome) String() string {
+	switch {
+	case o.Hit:
+		return "hit"
+	case o.Held:
+		return "held"
+	case o.Shared:
+		return "shared"
+	default:
+		return "login"
+	}
+}
+
+// Background refreshes that fail are retried this often, doubling, while
+// the cached token is still good.
+const (
+	refreshRetryFirst = 5 * time.Second
+	refreshRetryMax   = time.Minute
+)
+
+// Cache caches one provider's tokens. Concurrent misses for a key share
+// one login; a token nearing expiry is refreshed in the background while
+// callers keep getting it; transient failures are retried with backoff;
+// and a rejection of the configured credentials holds every login of the
+// provider for a backoff period, so a wrong password costs one upstream
+// attempt per period however many callers ask.
+type Cache struct {
+	src Source
+	o   Options
+
+	// Attribute sets are built once: Get is the hot path.
+	spanAttrs []trace.SpanStartOption
+	lookupOpt map[string]metric.AddOption
+
+	mu      sync.Mutex
+	entries map[Key]*entry
+	hold    hold
+}
+
+type entry struct {
+	tok             *Token
+	call            *call // the login or refresh in flight, if any
+	refreshAt       time.Time
+	refreshFailures int
+}
+
+// call is one login shared by every caller that waits on it. It runs on a
+// context of its own, so a caller that gives up does not fail the others;
+// when the last waiter leaves a foreground login, it is cancelled.
+type call struct {
+	done       chan struct{}
+	tok        *Token
+	err        error
+	waiters    int
+	cancel     context.CancelFunc
+	background bool
+}
+
+// hold is the provider-wide memory of a rejected login.
+type hold struct {
+	err     *Error
+	until   time.Time
+	strikes int
+}
+
+// NewCache returns a Cache in front of src.
+func NewCache(src Source, o Options) *Cache {
+	o.setDefaults()
+	c := &Cache{src: src, o: o, entries: map[Key]*entry{}}
+	c.spanAttrs = []trace.SpanStartOption{trace.WithAttributes(
+		attribute.String("tokenvend.provider", o.Provider),
+		attribute.String("tokenvend.kind", o.Kind),
+	)}
+	c.lookupOpt = map[string]metric.AddOption{}
+	for _, r := range []string{"hit", "login", "shared", "held"} {
+		c.lookupOpt[r] = metric.WithAttributeSet(attribute.NewSet(
+			attribute.String("provider", o.Provider), attribute.String("result", r)))
+	}
+	return c
+}
+
+// Get returns a token for k with at least minValidFor (and the cache's
+// MinValid) validity left, logging in when there is none.
+func (c *Cache) Get(ctx context.Context, k Key, minValidFor time.Duration) (*Token, Outcome, error) {
+	ctx, span := c.o.Tracer.Start(ctx, "tokenvend.cache.Get", c.spanAttrs...)
+	defer span.End()
+	tok, out, err := c.get(ctx, k, minValidFor)
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.Bool("tokenvend.cache_hit", out.Hit),
+			attribute.Bool("tokenvend.shared_login", out.Shared),
+		)
+		if err != nil {
+			span.SetStatus(codes.Error, safeMessage(err))
+		}
+	}
+	c.o.Metrics.lookup(ctx, c.lookupOpt[out.String()])
+	return tok, out, err
+}
+
+func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Token, Outcome, error) {
+	need := max(c.o.MinValid, minValidFor)
+	now := c.o.Now()
+
+	c.mu.Lock()
+	e := c.entries[k]
+	if e == nil {
+		e = &entry{}
+		c.entries[k] = e
+	}
+	if e.tok != nil && e.tok.ValidFor(now, need) {
+		tok := e.tok
+		if e.call == nil && !e.refreshAt.IsZero() && !now.Before(e.refreshAt) && c.heldLocked(now) == nil {
+			c.startLocked(ctx, k, e, true)
+		}
+		c.mu.Unlock()
+		return tok, Outcome{Hit: true}, nil
+	}
+	if err := c.heldLocked(now); err != nil {
+		c.mu.Unlock()
+		return nil, Outcome{Held: true}, err
+	}
+	cl, shared := e.call, e.call != nil
+	if cl == nil {
+		cl = c.startLocked(ctx, k, e, false)
+	}
+	cl.waiters++
+	c.mu.Unlock()
+
+	out := Outcome{Shared: shared}
+	select {
+	case <-cl.done:
+	case <-ctx.Done():
+		c.mu.Lock()
+		cl.waiters--
+		if cl.waiters == 0 && !cl.background {
+			// Nobody wants this login any more: stop it, and let the next
+			// caller start a fresh one rather than join a cancelled one.
+			cl.cancel()
+			if e.call == cl {
+				e.call = nil
+			}
+		}
+		c.mu.Unlock()
+		return nil, out, ctx.Err()
+	}
+	if cl.err != nil {
+		return nil, out, cl.err
+	}
+	if minValidFor > 0 && !cl.tok.ValidFor(c.o.Now(), minValidFor) {
+		return nil, out, &Error{
+			Kind:    KindInvalid,
+			Reason:  ReasonMinValidTooLong,
+			Message: fmt.Sprintf("provider %q issues tokens valid for %s; min_valid_for %s cannot be met", c.o.Provider, cl.tok.Expiry.Sub(cl.tok.IssuedAt).Round(time.Second), minValidFor),
+		}
+	}
+	return cl.tok, out, nil
+}
+
+// startLocked begins a login (or, with background, a refresh nobody waits
+// for) for k. c.mu must be held.
+func (c *Cache) startLocked(ctx context.Context, k Key, e *entry, background bool) *call {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.LoginTimeout)
+	cl := &call{done: make(chan struct{}), cancel: cancel, background: background}
+	e.call = cl
+	go c.run(lctx, k, e, cl, e.tok)
+	return cl
+}
+
+func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token) {
+	defer cl.cancel()
+	opts := append(c.spanAttrs, trace.WithAttributes(
+		attribute.Bool("tokenvend.refresh", prev != nil),
+		attribute.Bool("tokenvend.background", cl.background),
+	))
+	if cl.background {
+		// The caller that noticed the refresh point has long returned: the
+		// refresh is a trace of its own, linked to that caller's.
+		opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.LinkFromContext(ctx)))
+	}
+	ctx, span := c.o.Tracer.Start(ctx, "tokenvend.login", opts...)
+	start := time.Now()
+	tok, err := c.login(ctx, Request{Scope: k.Scope, Subject: k.Subject, Previous: prev})
+	c.o.Metrics.login(ctx, c.o.Provider, time.Since(start), err)
+	if err != nil {
+		span.SetStatus(codes.Error, safeMessage(err))
+		c.o.Log.WarnContext(ctx, "login failed", "provider", c.o.Provider, "kind", c.o.Kind,
+			"background", cl.background, "error", err.Error())
+	}
+	span.End()
+
+	now := c.o.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.call == cl {
+		e.call = nil
+	}
+	switch {
+	case err == nil:
+		e.tok = tok
+		e.refreshAt = c.refreshAt(tok, now)
+		e.refreshFailures = 0
+		if c.hold.err != nil || c.hold.strikes > 0 {
+			c.hold = hold{}
+			c.notify(false)
+		}
+	case KindOf(err) == KindRejected:
+		err = c.holdLocked(now, err)
+	}
+	if err != nil && cl.background {
+		e.refreshFailures++
+		e.refreshAt = now.Add(min(refreshRetryFirst<<(e.refreshFailures-1), refreshRetryMax))
+	}
+	cl.tok, cl.err = tok, err
+	close(cl.done)
+}
+
+// login asks the source, retrying transient failures with exponential
+// backoff and jitter while the login's context allows.
+func (c *Cache) login(ctx context.Context, r Request) (*Token, error) {
+	wait := c.o.RetryBase
+	for attempt := 1; ; attempt++ {
+		tok, err := c.src.Token(ctx, r)
+		if err == nil && tok == nil {
+			err = &Error{Kind: KindInternal, Reason: "INTERNAL", Message: "provider returned no token"}
+		}
+		if err == nil {
+			if tok.IssuedAt.IsZero() {
+				tok.IssuedAt = c.o.Now()
+			}
+			return tok, nil
+		}
+		err = classify(ctx, err)
+		if KindOf(err) != KindUnavailable || attempt >= c.o.LoginAttempts {
+			return nil, err
+		}
+		d := wait/2 + rand.N(wait/2+1)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+			return nil, err
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		}
+		wait *= 2
+	}
+}
+
+// classify makes sure every error leaving the cache is an *Error.
+func classify(ctx context.Context, err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	if ctx.Err() != nil {
+		return Unavailable("the upstream did not answer in time", err)
+	}
+	return Unavailable("the upstream login failed", err)
+}
+
+// refreshAt is when a background refresh of tok should start: zero for a
+// token that never expires.
+func (c *Cache) refreshAt(tok *Token, now time.Time) time.Time {
+	if tok.Expiry.IsZero() {
+		return time.Time{}
+	}
+	issued := tok.IssuedAt
+	if issued.IsZero() || issued.After(now) {
+		issued = now
+	}
+	lead := min(c.o.RefreshBefore, tok.Expiry.Sub(issued)/2)
+	return tok.Expiry.Add(-lead)
+}
+
+// holdLocked remembers a rejection and returns the error callers get.
+func (c *Cache) holdLocked(now time.Time, err error) error {
+	var e *Error
+	errors.As(err, &e)
+	c.hold.strikes++
+	d := c.o.RejectBackoff
+	for i := 1; i < c.hold.strikes && d < c.o.MaxRejectBackoff; i++ {
+		d *= 2
+	}
+	d = max(min(d, c.o.MaxRejectBackoff), e.Hold)
+	wasHeld := c.hold.err != nil
+	c.hold.err, c.hold.until = e, now.Add(d)
+	if !wasHeld {
+		c.notify(true)
+	}
+	return c.heldLocked(now)
+}
+
+// heldLocked returns the error for callers while logins are held, nil when
+// a login may be tried.
+func (c *Cache) heldLocked(now time.Time) *Error {
+	if c.hold.err == nil || !now.Before(c.hold.until) {
+		return nil
+	}
+	left := c.hold.until.Sub(now)
+	held := *c.hold.err
+	held.RetryAfter = left
+	held.Message = fmt.Sprintf("%s (tokenvend will not try this login again for %s)", held.Message, left.Round(time.Second))
+	return &held
+}
+
+func (c *Cache) notify(held bool) {
+	if c.o.OnHold != nil {
+		go c.o.OnHold(held)
+	}
+}
+
+// State is a snapshot of a Cache for listings and health.
+type State struct {
+	// Valid is true when some cached token has at least MinValid left.
+	Valid bool
+	// Held is the rejection logins are held for, nil when none.
+	Held *Error
+}
+
+// State reports whether the cache holds a usable token and whether logins
+// are held.
+func (c *Cache) State() State {
+	now := c.o.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := State{Held: c.heldLocked(now)}
+	for _, e := range c.entries {
+		if e.tok != nil && e.tok.ValidFor(now, c.o.MinValid) {
+			s.Valid = true
+			break
+		}
+	}
+	return s
+}
+
+// safeMessage is what may go into a span status: the caller-facing
+// message, never the cause.
+func safeMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
+}

@@ -1,0 +1,68 @@
+package token
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Metrics are the cache's instruments, shared by every provider's Cache.
+// A nil *Metrics records nothing.
+type Metrics struct {
+	lookups  metric.Int64Counter
+	logins   metric.Int64Counter
+	failures metric.Int64Counter
+	duration metric.Float64Histogram
+}
+
+// NewMetrics creates the instruments on m.
+func NewMetrics(m metric.Meter) (*Metrics, error) {
+	var x Metrics
+	var err error
+	if x.lookups, err = m.Int64Counter("tokenvend.cache.lookups",
+		metric.WithDescription("Token lookups by result: hit, login (this caller started one), shared (waited on another's), held (answered from a rejection hold).")); err != nil {
+		return nil, err
+	}
+	if x.logins, err = m.Int64Counter("tokenvend.logins",
+		metric.WithDescription("Upstream logins and refreshes, by outcome.")); err != nil {
+		return nil, err
+	}
+	if x.failures, err = m.Int64Counter("tokenvend.login.failures",
+		metric.WithDescription("Upstream logins and refreshes that failed, by error kind.")); err != nil {
+		return nil, err
+	}
+	if x.duration, err = m.Float64Histogram("tokenvend.login.duration", metric.WithUnit("s"),
+		metric.WithDescription("Time taken by an upstream login or refresh, retries included.")); err != nil {
+		return nil, err
+	}
+	return &x, nil
+}
+
+func (m *Metrics) lookup(ctx context.Context, opt metric.AddOption) {
+	if m != nil {
+		m.lookups.Add(ctx, 1, opt)
+	}
+}
+
+var kindNames = map[Kind]string{
+	KindInternal: "internal", KindInvalid: "invalid", KindNotFound: "not_found",
+	KindDenied: "denied", KindRejected: "rejected", KindUnavailable: "unavailable",
+}
+
+func (m *Metrics) login(ctx context.Context, provider string, took time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = kindNames[KindOf(err)]
+	}
+	attrs := metric.WithAttributes(attribute.String("provider", provider), attribute.String("outcome", outcome))
+	m.logins.Add(ctx, 1, attrs)
+	if err != nil {
+		m.failures.Add(ctx, 1, attrs)
+	}
+	m.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("provider", provider)))
+}
