@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -169,7 +170,7 @@ func (c *Config) validate() error {
 			errs = append(errs, Errorf(path, "%v", err))
 		}
 	}
-	check(c.Server.GRPCAddr != c.Server.HTTPAddr, "server.http_addr", "must differ from server.grpc_addr")
+	check(c.Server.GRPCAddr != c.Server.HTTPAddr || strings.HasSuffix(c.Server.HTTPAddr, ":0"), "server.http_addr", "must differ from server.grpc_addr")
 	check(c.Server.ShutdownTimeout > 0, "server.shutdown_timeout", "must be positive")
 	check(c.Cache.RefreshBefore > 0, "cache.refresh_before", "must be positive")
 	check(c.Cache.MinValid >= 0, "cache.min_valid", "must not be negative")
@@ -221,6 +222,9 @@ func CheckURL(s string) error {
 	}
 	if u.User != nil {
 		return errors.New("must not carry credentials: use the secret keys")
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return errors.New("must not have a query or fragment: paths are appended to it")
 	}
 	return nil
 }

@@ -79,7 +79,7 @@ func New(cfg Config, hc *http.Client, now func() time.Time) *Client {
 func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, error) {
 	password, err := c.cfg.Password.Value()
 	if err != nil {
-		return nil, token.Rejected(token.ReasonCredentialsRejected, "", "the configured password cannot be read: "+err.Error())
+		return nil, token.Rejected(token.ReasonSecretUnreadable, "", "the configured password cannot be read: "+err.Error())
 	}
 	form := url.Values{"username": {c.cfg.Username}, "password": {password}, "grant_type": {"password"}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.loginURL, strings.NewReader(form.Encode()))
@@ -157,14 +157,7 @@ func rejection(body []byte) error {
 		return token.Rejected(token.ReasonAccountNotVerified, e.Detail,
 			"the upstream account is not verified (LOGIN_USER_NOT_VERIFIED): an operator must verify it")
 	default:
-		return token.Rejected(token.ReasonCredentialsRejected, truncate(e.Detail),
+		return token.Rejected(token.ReasonCredentialsRejected, upstream.Code(e.Detail),
 			"the upstream rejected the login: an operator must check the configured credentials")
 	}
-}
-
-func truncate(s string) string {
-	if len(s) > 64 {
-		return s[:64]
-	}
-	return s
 }

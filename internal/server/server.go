@@ -19,7 +19,6 @@ import (
 	"github.com/tokenvend/tokenvend/internal/token"
 )
 
-
 // Server is the TokenService.
 type Server struct {
 	tokenvendv1.UnimplementedTokenServiceServer

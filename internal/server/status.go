@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -46,16 +47,17 @@ func toStatus(err error, provider string) error {
 	if e.Kind == token.KindRejected || e.Kind == token.KindUnavailable {
 		msg = fmt.Sprintf("provider %q: %s", provider, msg)
 	}
-	md := map[string]string{"provider": provider}
+	// Metadata must be valid UTF-8 or the details cannot be marshalled.
+	md := map[string]string{"provider": strings.ToValidUTF8(provider, "?")}
 	if e.Upstream != "" {
-		md["upstream_code"] = e.Upstream
+		md["upstream_code"] = strings.ToValidUTF8(e.Upstream, "?")
 	}
 	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: e.Reason, Domain: Domain, Metadata: md}}
 	if e.RetryAfter > 0 {
 		md["retry_after_seconds"] = strconv.Itoa(int(e.RetryAfter.Seconds() + 0.5))
 		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
 	}
-	st := status.New(kindCodes[e.Kind], msg)
+	st := status.New(kindCodes[e.Kind], strings.ToValidUTF8(msg, "?"))
 	if withDetails, err := st.WithDetails(details...); err == nil {
 		st = withDetails
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -132,6 +133,9 @@ type Cache struct {
 	spanAttrs []trace.SpanStartOption
 	lookupOpt map[string]metric.AddOption
 
+	// waiting counts callers blocked on a login, for the waiters gauge.
+	waiting atomic.Int64
+
 	mu      sync.Mutex
 	entries map[Key]*entry
 	hold    hold
@@ -176,6 +180,7 @@ func NewCache(src Source, o Options) *Cache {
 		c.lookupOpt[r] = metric.WithAttributeSet(attribute.NewSet(
 			attribute.String("provider", o.Provider), attribute.String("result", r)))
 	}
+	o.Metrics.add(c)
 	return c
 }
 
@@ -228,6 +233,8 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 	c.mu.Unlock()
 
 	out := Outcome{Shared: shared}
+	c.waiting.Add(1)
+	defer c.waiting.Add(-1)
 	select {
 	case <-cl.done:
 	case <-ctx.Done():

@@ -38,6 +38,9 @@ const (
 	ReasonChallengeRequired   = "CHALLENGE_REQUIRED"
 	ReasonUpstreamUnavailable = "UPSTREAM_UNAVAILABLE"
 	ReasonMinValidTooLong     = "MIN_VALID_FOR_TOO_LONG"
+	// ReasonSecretUnreadable: the configured secret (an env variable or a
+	// file) cannot be read at login time; no login was attempted.
+	ReasonSecretUnreadable = "SECRET_UNREADABLE"
 )
 
 // Error is a classified failure. Message is written for the caller: it says

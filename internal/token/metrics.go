@@ -2,6 +2,7 @@ package token
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -15,6 +16,9 @@ type Metrics struct {
 	logins   metric.Int64Counter
 	failures metric.Int64Counter
 	duration metric.Float64Histogram
+
+	mu     sync.Mutex
+	caches []*Cache
 }
 
 // NewMetrics creates the instruments on m.
@@ -37,7 +41,31 @@ func NewMetrics(m metric.Meter) (*Metrics, error) {
 		metric.WithDescription("Time taken by an upstream login or refresh, retries included.")); err != nil {
 		return nil, err
 	}
+	waiters, err := m.Int64ObservableGauge("tokenvend.login.waiters",
+		metric.WithDescription("Callers waiting on an upstream login right now."))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		for _, c := range x.caches {
+			o.ObserveInt64(waiters, c.waiting.Load(), metric.WithAttributes(attribute.String("provider", c.o.Provider)))
+		}
+		return nil
+	}, waiters); err != nil {
+		return nil, err
+	}
 	return &x, nil
+}
+
+// add includes c in the waiters gauge.
+func (m *Metrics) add(c *Cache) {
+	if m != nil {
+		m.mu.Lock()
+		m.caches = append(m.caches, c)
+		m.mu.Unlock()
+	}
 }
 
 func (m *Metrics) lookup(ctx context.Context, opt metric.AddOption) {

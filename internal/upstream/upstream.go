@@ -46,6 +46,22 @@ func Unexpected(status int) *token.Error {
 	return token.Unavailable(fmt.Sprintf("the upstream answered HTTP %d", status), nil)
 }
 
+// Code returns s if it looks like an error code (letters, digits, '_',
+// '-', '.', at most 64), else "UNRECOGNISED": an upstream's code goes to
+// callers in error metadata, and free text from an upstream (which a proxy
+// may fill with an echo of the request) must not.
+func Code(s string) string {
+	if len(s) == 0 || len(s) > 64 {
+		return "UNRECOGNISED"
+	}
+	for _, c := range s {
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return "UNRECOGNISED"
+		}
+	}
+	return s
+}
+
 // Garbage is the error for an answer that cannot be read as the contract
 // says. cause must not hold the body (it may hold a token).
 func Garbage(what string) *token.Error {
