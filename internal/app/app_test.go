@@ -220,9 +220,9 @@ func TestWrongPasswordCostsOneAttemptPerBackoff(t *testing.T) {
 		advance time.Duration
 		want    int64
 	}{
-		{0, 1},                        // 1,000 callers: one attempt
-		{59 * time.Second, 1},         // still inside the 1m hold
-		{time.Second, 2},              // hold over: one more attempt
+		{0, 1},                         // 1,000 callers: one attempt
+		{59 * time.Second, 1},          // still inside the 1m hold
+		{time.Second, 2},               // hold over: one more attempt
 		{time.Minute + time.Second, 2}, // the hold doubled to 2m
 		{time.Minute, 3},
 	}

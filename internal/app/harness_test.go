@@ -265,7 +265,6 @@ func containsAll(line, labels string) bool {
 	return true
 }
 
-
 // protoJSON renders a request as the REST body a caller would send.
 func protoJSON(t *testing.T, m proto.Message) string {
 	t.Helper()
