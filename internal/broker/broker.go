@@ -125,10 +125,7 @@ func (b *Broker) Token(ctx context.Context, r Request) (Answer, error) {
 	if err == nil && p.PerCall != nil {
 		a.Token, err = p.PerCall.Finish(ctx, a.Token)
 	}
-	if err != nil {
-		return a, err
-	}
-	return a, nil
+	return a, err
 }
 
 // check validates r and returns its provider and effective scope.
