@@ -85,8 +85,13 @@ func (p *Provider) UnmarshalYAML(n *yaml.Node) error {
 		return errors.New("must be a mapping")
 	}
 	p.node = n
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		switch v := n.Content[i+1]; n.Content[i].Value {
+	kv := pairs(n)
+	for i := 0; i+1 < len(kv); i += 2 {
+		v := kv[i+1]
+		for v.Kind == yaml.AliasNode {
+			v = v.Alias
+		}
+		switch kv[i].Value {
 		case "name":
 			p.Name = v.Value
 		case "kind":
@@ -121,7 +126,7 @@ func Parse(data []byte) (*Config, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("not valid YAML: %w", err)
 	}
-	cfg := &Config{}
+	cfg := Default()
 	if len(root.Content) == 0 {
 		return nil, errors.New("providers: at least one provider is required")
 	}
@@ -129,26 +134,26 @@ func Parse(data []byte) (*Config, error) {
 	for i := range cfg.Providers {
 		cfg.Providers[i].Path = fmt.Sprintf("providers[%d]", i)
 	}
-	cfg.setDefaults()
-	return cfg, errors.Join(err, cfg.validate())
+	return cfg, dedupe(err, cfg.validate())
 }
 
-func (c *Config) setDefaults() {
-	setDefault(&c.Server.GRPCAddr, DefaultGRPCAddr)
-	setDefault(&c.Server.HTTPAddr, DefaultHTTPAddr)
-	setDefault(&c.Server.ShutdownTimeout, DefaultShutdownTimeout)
-	setDefault(&c.Cache.RefreshBefore, DefaultRefreshBefore)
-	setDefault(&c.Cache.MinValid, DefaultMinValid)
-	setDefault(&c.Cache.RejectBackoff, DefaultRejectBackoff)
-	setDefault(&c.Cache.MaxRejectBackoff, DefaultMaxRejectBackoff)
-	setDefault(&c.Cache.LoginTimeout, DefaultLoginTimeout)
-	setDefault(&c.Cache.LoginAttempts, DefaultLoginAttempts)
-}
-
-func setDefault[T comparable](v *T, def T) {
-	var zero T
-	if *v == zero {
-		*v = def
+// Default returns a Config with every default set. Parse decodes on top of
+// it, so a key that is set, even to zero, is what the file says.
+func Default() *Config {
+	return &Config{
+		Server: Server{
+			GRPCAddr:        DefaultGRPCAddr,
+			HTTPAddr:        DefaultHTTPAddr,
+			ShutdownTimeout: DefaultShutdownTimeout,
+		},
+		Cache: Cache{
+			RefreshBefore:    DefaultRefreshBefore,
+			MinValid:         DefaultMinValid,
+			RejectBackoff:    DefaultRejectBackoff,
+			MaxRejectBackoff: DefaultMaxRejectBackoff,
+			LoginTimeout:     DefaultLoginTimeout,
+			LoginAttempts:    DefaultLoginAttempts,
+		},
 	}
 }
 
@@ -165,9 +170,9 @@ func (c *Config) validate() error {
 			errs = append(errs, Errorf(path, "%s", msg))
 		}
 	}
-	for path, addr := range map[string]string{"server.grpc_addr": c.Server.GRPCAddr, "server.http_addr": c.Server.HTTPAddr} {
-		if err := validAddr(addr); err != nil {
-			errs = append(errs, Errorf(path, "%v", err))
+	for _, a := range [][2]string{{"server.grpc_addr", c.Server.GRPCAddr}, {"server.http_addr", c.Server.HTTPAddr}} {
+		if err := validAddr(a[1]); err != nil {
+			errs = append(errs, Errorf(a[0], "%v", err))
 		}
 	}
 	check(c.Server.GRPCAddr != c.Server.HTTPAddr || strings.HasSuffix(c.Server.HTTPAddr, ":0"), "server.http_addr", "must differ from server.grpc_addr")
@@ -239,8 +244,10 @@ type Validator interface {
 // Every bad field is named once, with its full path: a field that failed to
 // decode is not reported again by validation.
 func (p Provider) Load(v Validator) error {
-	derr := p.Decode(v)
-	verr := Nest(p.Path, v.Validate())
+	return dedupe(p.Decode(v), Nest(p.Path, v.Validate()))
+}
+
+func dedupe(derr, verr error) error {
 	if derr == nil || verr == nil {
 		return errors.Join(derr, verr)
 	}

@@ -17,7 +17,43 @@ type FieldError struct {
 	Msg  string
 }
 
-func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
+func (e *FieldError) Error() string {
+	if e.Path == "" {
+		return e.Msg
+	}
+	return e.Path + ": " + e.Msg
+}
+
+// pairs lists a mapping's key/value nodes with merge keys expanded.
+func pairs(n *yaml.Node) []*yaml.Node {
+	var own, merged []*yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "<<" && n.Content[i].Tag == "!!merge" {
+			m := n.Content[i+1]
+			for m.Kind == yaml.AliasNode {
+				m = m.Alias
+			}
+			if m.Kind == yaml.MappingNode {
+				merged = append(merged, pairs(m)...)
+			}
+			continue
+		}
+		own = append(own, n.Content[i], n.Content[i+1])
+	}
+	out := own
+	for i := 0; i+1 < len(merged); i += 2 {
+		dup := false
+		for j := 0; j < len(own); j += 2 {
+			if own[j].Value == merged[i].Value {
+				dup = true
+			}
+		}
+		if !dup {
+			out = append(out, merged[i], merged[i+1])
+		}
+	}
+	return out
+}
 
 // Errorf returns a FieldError for path.
 func Errorf(path, format string, args ...any) *FieldError {
@@ -88,6 +124,9 @@ func decodeValue(n *yaml.Node, v reflect.Value, path string, skip []string, errs
 		return
 	}
 	if v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return
+		}
 		if n.Kind != yaml.SequenceNode {
 			*errs = append(*errs, Errorf(path, "must be a list"))
 			return
@@ -114,8 +153,9 @@ func decodeStruct(n *yaml.Node, v reflect.Value, path string, skip []string, err
 	fields := map[string]reflect.Value{}
 	collectFields(v, fields)
 	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		key, val := n.Content[i].Value, n.Content[i+1]
+	kv := pairs(n)
+	for i := 0; i+1 < len(kv); i += 2 {
+		key, val := kv[i].Value, kv[i+1]
 		p := Join(path, key)
 		if seen[key] {
 			*errs = append(*errs, Errorf(p, "set twice"))

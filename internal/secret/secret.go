@@ -22,7 +22,7 @@ const redacted = "[redacted]"
 // on every use, so a rotated file (a remounted Kubernetes Secret) takes
 // effect at the next login without a restart.
 type Secret struct {
-	literal string
+	literal *string
 	env     string
 	file    string
 	set     bool
@@ -30,7 +30,7 @@ type Secret struct {
 
 // Literal returns a Secret holding value itself, for code that builds a
 // configuration (the demo, tests).
-func Literal(value string) Secret { return Secret{literal: value, set: true} }
+func Literal(value string) Secret { return Secret{literal: &value, set: true} }
 
 // IsZero reports whether the secret was not configured at all.
 func (s Secret) IsZero() bool { return !s.set }
@@ -53,7 +53,7 @@ func (s Secret) Value() (string, error) {
 	case s.file != "":
 		b, err := os.ReadFile(s.file)
 		if err != nil {
-			return "", fmt.Errorf("cannot read secret file: %w", errors.Unwrap(err))
+			return "", fmt.Errorf("cannot read secret file %s: %w", s.file, errors.Unwrap(err))
 		}
 		// A trailing newline is an artefact of how the file was written,
 		// never part of a password.
@@ -63,10 +63,10 @@ func (s Secret) Value() (string, error) {
 		}
 		return v, nil
 	default:
-		if s.literal == "" {
+		if s.literal == nil || *s.literal == "" {
 			return "", errors.New("is empty")
 		}
-		return s.literal, nil
+		return *s.literal, nil
 	}
 }
 
