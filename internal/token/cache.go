@@ -48,7 +48,9 @@ type Options struct {
 	// when nil).
 	Log *slog.Logger
 	// OnHold, when set, is told when logins become held after a rejection
-	// (true) and when a login succeeds again (false).
+	// (true) and when a login succeeds again (false). It is called in
+	// order with the cache locked: it must be quick and must not call the
+	// Cache.
 	OnHold func(held bool)
 }
 
@@ -139,6 +141,9 @@ type Cache struct {
 	mu      sync.Mutex
 	entries map[Key]*entry
 	hold    hold
+	// lifetime is how long the upstream's last token lived, so a
+	// min_valid_for no token can meet is refused without a login.
+	lifetime time.Duration
 }
 
 type entry struct {
@@ -160,11 +165,16 @@ type call struct {
 	background bool
 }
 
-// hold is the provider-wide memory of a rejected login.
+// hold is the provider-wide memory of a rejected login. After the
+// backoff, one login (the probe) checks whether the credentials are still
+// rejected; other keys keep getting the rejection until it answers, so a
+// wrong password costs one upstream attempt per period however many keys
+// are asked for.
 type hold struct {
 	err     *Error
 	until   time.Time
 	strikes int
+	probe   *call
 }
 
 // NewCache returns a Cache in front of src.
@@ -215,15 +225,19 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 	}
 	if e.tok != nil && e.tok.ValidFor(now, need) {
 		tok := e.tok
-		if e.call == nil && !e.refreshAt.IsZero() && !now.Before(e.refreshAt) && c.heldLocked(now) == nil {
+		if e.call == nil && !e.refreshAt.IsZero() && !now.Before(e.refreshAt) && c.heldLocked(now, e) == nil {
 			c.startLocked(ctx, k, e, true)
 		}
 		c.mu.Unlock()
 		return tok, Outcome{Hit: true}, nil
 	}
-	if err := c.heldLocked(now); err != nil {
+	if err := c.heldLocked(now, e); err != nil {
 		c.mu.Unlock()
 		return nil, Outcome{Held: true}, err
+	}
+	if minValidFor > 0 && c.lifetime > 0 && minValidFor >= c.lifetime {
+		c.mu.Unlock()
+		return nil, Outcome{}, c.tooLong(minValidFor, c.lifetime)
 	}
 	cl, shared := e.call, e.call != nil
 	if cl == nil {
@@ -255,13 +269,17 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		return nil, out, cl.err
 	}
 	if minValidFor > 0 && !cl.tok.ValidFor(c.o.Now(), minValidFor) {
-		return nil, out, &Error{
-			Kind:    KindInvalid,
-			Reason:  ReasonMinValidTooLong,
-			Message: fmt.Sprintf("provider %q issues tokens valid for %s; min_valid_for %s cannot be met", c.o.Provider, cl.tok.Expiry.Sub(cl.tok.IssuedAt).Round(time.Second), minValidFor),
-		}
+		return nil, out, c.tooLong(minValidFor, cl.tok.Expiry.Sub(cl.tok.IssuedAt))
 	}
 	return cl.tok, out, nil
+}
+
+func (c *Cache) tooLong(minValidFor, lifetime time.Duration) *Error {
+	return &Error{
+		Kind:    KindInvalid,
+		Reason:  ReasonMinValidTooLong,
+		Message: fmt.Sprintf("provider %q issues tokens valid for %s; min_valid_for %s cannot be met", c.o.Provider, lifetime.Round(time.Second), minValidFor),
+	}
 }
 
 // startLocked begins a login (or, with background, a refresh nobody waits
@@ -270,6 +288,9 @@ func (c *Cache) startLocked(ctx context.Context, k Key, e *entry, background boo
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.LoginTimeout)
 	cl := &call{done: make(chan struct{}), cancel: cancel, background: background}
 	e.call = cl
+	if c.hold.err != nil {
+		c.hold.probe = cl
+	}
 	go c.run(lctx, k, e, cl, e.tok)
 	return cl
 }
@@ -302,11 +323,17 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token)
 	if e.call == cl {
 		e.call = nil
 	}
+	if c.hold.probe == cl {
+		c.hold.probe = nil
+	}
 	switch {
 	case err == nil:
 		e.tok = tok
 		e.refreshAt = c.refreshAt(tok, now)
 		e.refreshFailures = 0
+		if !tok.Expiry.IsZero() {
+			c.lifetime = tok.Expiry.Sub(tok.IssuedAt)
+		}
 		if c.hold.err != nil || c.hold.strikes > 0 {
 			c.hold = hold{}
 			c.notify(false)
@@ -397,25 +424,37 @@ func (c *Cache) holdLocked(now time.Time, err error) error {
 	if !wasHeld {
 		c.notify(true)
 	}
-	return c.heldLocked(now)
+	return c.heldLocked(now, nil)
 }
 
-// heldLocked returns the error for callers while logins are held, nil when
-// a login may be tried.
-func (c *Cache) heldLocked(now time.Time) *Error {
-	if c.hold.err == nil || !now.Before(c.hold.until) {
+// heldLocked returns the error for callers of entry e (nil: any) while
+// logins are held: during the backoff, and after it while another key's
+// login probes whether the credentials are still rejected. It returns nil
+// when e may log in.
+func (c *Cache) heldLocked(now time.Time, e *entry) *Error {
+	h := c.hold
+	switch {
+	case h.err == nil:
+		return nil
+	case now.Before(h.until):
+		left := h.until.Sub(now)
+		held := *h.err
+		held.RetryAfter = left
+		held.Message = fmt.Sprintf("%s (tokenvend will not try this login again for %s)", held.Message, left.Round(time.Second))
+		return &held
+	case h.probe != nil && (e == nil || e.call != h.probe):
+		held := *h.err
+		held.Message += " (tokenvend is trying this login again now)"
+		return &held
+	default:
 		return nil
 	}
-	left := c.hold.until.Sub(now)
-	held := *c.hold.err
-	held.RetryAfter = left
-	held.Message = fmt.Sprintf("%s (tokenvend will not try this login again for %s)", held.Message, left.Round(time.Second))
-	return &held
 }
 
+// notify tells OnHold, in order: it runs with c.mu held.
 func (c *Cache) notify(held bool) {
 	if c.o.OnHold != nil {
-		go c.o.OnHold(held)
+		c.o.OnHold(held)
 	}
 }
 
@@ -433,7 +472,7 @@ func (c *Cache) State() State {
 	now := c.o.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := State{Held: c.heldLocked(now)}
+	s := State{Held: c.heldLocked(now, nil)}
 	for _, e := range c.entries {
 		if e.tok != nil && e.tok.ValidFor(now, c.o.MinValid) {
 			s.Valid = true
