@@ -43,12 +43,15 @@ type Options struct {
 	SpanExporter sdktrace.SpanExporter
 	// RetryBase is the first wait between login attempts (200ms when 0).
 	RetryBase time.Duration
+	// Sleep is how providers wait (for a TOTP step to end, say); tests
+	// with a fake clock advance it here. Nil means real time.
+	Sleep func(ctx context.Context, d time.Duration) error
 }
 
 // Check validates cfg completely, every provider's keys included, without
 // touching the network. The error names every bad field.
 func Check(cfg *config.Config) error {
-	_, err := buildProviders(cfg, deps{http: http.DefaultClient, now: time.Now})
+	_, err := buildProviders(cfg, deps{http: http.DefaultClient, now: time.Now, sleep: sleep})
 	return err
 }
 
@@ -76,6 +79,9 @@ func New(ctx context.Context, cfg *config.Config, o Options) (a *App, err error)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Sleep == nil {
+		o.Sleep = sleep
+	}
 	a = &App{cfg: cfg, log: o.Log}
 	defer func() {
 		if err != nil {
@@ -89,7 +95,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (a *App, err error)
 	hc := &http.Client{Transport: otelhttp.NewTransport(http.DefaultTransport,
 		otelhttp.WithTracerProvider(a.tel.Tracer), otelhttp.WithMeterProvider(a.tel.Meter),
 		otelhttp.WithPropagators(a.tel.Propagators))}
-	providers, err := buildProviders(cfg, deps{http: hc, now: o.Now})
+	providers, err := buildProviders(cfg, deps{http: hc, now: o.Now, sleep: o.Sleep})
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,7 @@ func TestDemoNeverLogsSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Close)
+	kycDemo := d.Simulators["kyc"].(*kycsim.Server)
 	d.Config.Cache.RejectBackoff = time.Millisecond // so the test can log in again after a rejection
 	s := startConfig(t, nil, d.Config)
 
@@ -41,12 +42,12 @@ func TestDemoNeverLogsSecrets(t *testing.T) {
 	}
 	// An outage, then a rejection, then success: each writes its own log
 	// lines and spans.
-	d.KYC.SetFault(kycsim.Fault{Status: http.StatusBadGateway, Body: "bad gateway"})
+	kycDemo.SetFault(kycsim.Fault{Status: http.StatusBadGateway, Body: "bad gateway"})
 	keep(s.get(&tokenvendv1.GetTokenRequest{Provider: "kyc"}))
-	d.KYC.SetFault(kycsim.Fault{})
-	d.KYC.SetPassword(demo.KYCUser, "rotated-elsewhere")
+	kycDemo.SetFault(kycsim.Fault{})
+	kycDemo.SetPassword(demo.KYCUser, "rotated-elsewhere")
 	keep(s.get(&tokenvendv1.GetTokenRequest{Provider: "kyc"}))
-	d.KYC.SetPassword(demo.KYCUser, demo.KYCPassword)
+	kycDemo.SetPassword(demo.KYCUser, demo.KYCPassword)
 	eventually(t, "a login after the rejection hold", func() bool {
 		resp, err := s.get(&tokenvendv1.GetTokenRequest{Provider: "kyc"})
 		keep(resp, err)

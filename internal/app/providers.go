@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"slices"
@@ -16,6 +17,20 @@ import (
 type deps struct {
 	http *http.Client
 	now  func() time.Time
+	// sleep waits d or until ctx ends; tests make it move their fake clock.
+	sleep func(ctx context.Context, d time.Duration) error
+}
+
+// sleep waits d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // kinds builds each upstream scheme from its provider block. Adding a kind

@@ -9,17 +9,17 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/tokenvend/tokenvend/internal/config"
-	"github.com/tokenvend/tokenvend/internal/kycsim"
 )
 
-// Demo credentials. They exist only inside the simulators.
-const (
-	KYCUser     = "ops@example.com"
-	KYCPassword = "demo-kyc-password"
-)
+// upstreams start each simulated upstream, in the order the providers are
+// listed. Each returns the provider's config block.
+var upstreams = []func(d *Demo) (string, error){
+	startKYC,
+}
 
 // Demo is a set of running simulators and the config that points the
 // service at them.
@@ -29,8 +29,9 @@ type Demo struct {
 	// Upstreams maps each provider to its simulator's protected endpoint,
 	// where a vended credential can be tried.
 	Upstreams map[string]string
-	// KYC is the kyc simulator, for tests that read its counters.
-	KYC *kycsim.Server
+	// Simulators maps each provider to its simulator, for tests that read
+	// its counters (type-assert to the simulator's *Server).
+	Simulators map[string]http.Handler
 
 	servers []*http.Server
 }
@@ -38,25 +39,17 @@ type Demo struct {
 // Start starts the simulators on loopback ports and builds the config for
 // a service listening on grpcAddr and httpAddr.
 func Start(grpcAddr, httpAddr string) (*Demo, error) {
-	d := &Demo{Upstreams: map[string]string{}}
-	d.KYC = kycsim.New(kycsim.Options{Users: []kycsim.User{{Email: KYCUser, Password: KYCPassword}}})
-	kycURL, err := d.serve(d.KYC)
-	if err != nil {
-		return nil, err
+	d := &Demo{Upstreams: map[string]string{}, Simulators: map[string]http.Handler{}}
+	var blocks []string
+	for _, start := range upstreams {
+		block, err := start(d)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		blocks = append(blocks, block)
 	}
-	d.Upstreams["kyc"] = kycURL + "/api/v1/resource"
-
-	yaml := fmt.Sprintf(`
-server:
-  grpc_addr: %q
-  http_addr: %q
-providers:
-  - name: kyc
-    kind: kyc
-    base_url: %q
-    username: %q
-    password: %q
-`, grpcAddr, httpAddr, kycURL, KYCUser, KYCPassword)
+	yaml := fmt.Sprintf("server:\n  grpc_addr: %q\n  http_addr: %q\nproviders:\n%s", grpcAddr, httpAddr, strings.Join(blocks, ""))
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		d.Close()
@@ -70,7 +63,6 @@ providers:
 func (d *Demo) serve(h http.Handler) (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		d.Close()
 		return "", err
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
