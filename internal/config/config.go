@@ -24,6 +24,10 @@ type Config struct {
 	Server    Server     `yaml:"server"`
 	Cache     Cache      `yaml:"cache"`
 	Providers []Provider `yaml:"providers"`
+	// Callers, when present (even empty), are the only callers that get
+	// tokens. Absent, anyone who reaches the ports does, so the service
+	// then listens on loopback only.
+	Callers []Caller `yaml:"callers"`
 }
 
 // Server says where the service listens.
@@ -33,6 +37,11 @@ type Server struct {
 	// ShutdownTimeout bounds how long in-flight calls may take to finish
 	// after SIGTERM before the servers are stopped hard.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// TLS, when its cert is set, makes both ports serve TLS.
+	TLS TLS `yaml:"tls"`
+	// InsecureAllowAnyCaller lets a service without callers listen beyond
+	// loopback. Only for networks where reaching the port is the policy.
+	InsecureAllowAnyCaller bool `yaml:"insecure_allow_any_caller"`
 }
 
 // Cache tunes how credentials are cached, refreshed and retried.
@@ -173,6 +182,10 @@ func (c *Config) validate() error {
 	for _, a := range [][2]string{{"server.grpc_addr", c.Server.GRPCAddr}, {"server.http_addr", c.Server.HTTPAddr}} {
 		if err := validAddr(a[1]); err != nil {
 			errs = append(errs, Errorf(a[0], "%v", err))
+		} else if c.Callers == nil && !c.Server.InsecureAllowAnyCaller && !loopback(a[1]) {
+			// The safe default: without callers, whoever reaches the port
+			// gets every token, so the port must not be reachable.
+			errs = append(errs, Errorf(a[0], "listens beyond loopback but no callers are configured: anyone who reaches the port would get every token; configure callers, or set server.insecure_allow_any_caller: true"))
 		}
 	}
 	check(c.Server.GRPCAddr != c.Server.HTTPAddr || strings.HasSuffix(c.Server.HTTPAddr, ":0"), "server.http_addr", "must differ from server.grpc_addr")
@@ -198,6 +211,7 @@ func (c *Config) validate() error {
 		}
 		check(p.Kind != "", Join(p.Path, "kind"), "is required")
 	}
+	errs = append(errs, c.validateAccess()...)
 	return errors.Join(errs...)
 }
 

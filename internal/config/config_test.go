@@ -328,7 +328,9 @@ func TestGoodAddresses(t *testing.T) {
 	} {
 		t.Run(tc.grpc+"+"+tc.http, func(t *testing.T) {
 			t.Parallel()
-			cfg := mustParse(t, "server:\n  grpc_addr: \""+tc.grpc+"\"\n  http_addr: \""+tc.http+"\"\n"+providers)
+			// Addresses beyond loopback need the explicit opt-out (see
+			// TestLoopbackDefault); here only the address syntax is tested.
+			cfg := mustParse(t, "server:\n  insecure_allow_any_caller: true\n  grpc_addr: \""+tc.grpc+"\"\n  http_addr: \""+tc.http+"\"\n"+providers)
 			if cfg.Server.GRPCAddr != tc.grpc || cfg.Server.HTTPAddr != tc.http {
 				t.Errorf("got %q and %q, want %q and %q", cfg.Server.GRPCAddr, cfg.Server.HTTPAddr, tc.grpc, tc.http)
 			}
@@ -774,5 +776,39 @@ func TestExplicitZero(t *testing.T) {
 	_, err = config.Parse([]byte("cache:\n  login_attempts: 0\nproviders:\n  - {name: a, kind: k}\n"))
 	if err == nil || !strings.Contains(err.Error(), "cache.login_attempts: must be between 1 and 10") {
 		t.Errorf("login_attempts: 0: got %v, want it refused", err)
+	}
+}
+
+func TestCallersValidation(t *testing.T) {
+	t.Parallel()
+	_, err := config.Parse([]byte(`
+server:
+  tls: {cert: /nonexistent.crt}
+callers:
+  - id: spiffe://mesh/a
+    allow: [{provider: nope}, {provider: a, scopes: ["a*b", ""]}]
+  - id: spiffe://mesh/a
+    api_key_sha256: abc
+  - {}
+providers:
+  - {name: a, kind: k}
+`))
+	for _, want := range []string{
+		"server.tls: cert and key go together",
+		"callers[0].id: a caller without api_key_sha256 is identified by its certificate, which needs server.tls.client_ca",
+		`callers[0].allow[0].provider: no provider named "nope" is configured`,
+		"callers[0].allow[1].scopes[0]: must be a scope",
+		"callers[0].allow[1].scopes[1]: must be a scope",
+		`callers[1].id: "spiffe://mesh/a" is already used by callers[0]`,
+		"callers[1].api_key_sha256: must be 64 hex digits",
+		"callers[2].id: is required",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	_, err = config.Parse([]byte("server:\n  tls: {cert: /nonexistent.crt, key: /nonexistent.key}\nproviders:\n  - {name: a, kind: k}\n"))
+	if err == nil || !strings.Contains(err.Error(), "server.tls.cert: cannot load the certificate and key") {
+		t.Errorf("unreadable certificate: got %v, want it named", err)
 	}
 }

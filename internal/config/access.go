@@ -1,0 +1,135 @@
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+)
+
+// TLS is the servers' certificate and, for mutual TLS, the CA that signs
+// callers' certificates.
+type TLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	// ClientCA, when set, is the CA a caller's certificate must be signed
+	// by; a certificate's URI SAN (a SPIFFE ID), else its subject CN, then
+	// identifies the caller.
+	ClientCA string `yaml:"client_ca"`
+}
+
+// Enabled reports whether the servers serve TLS.
+func (t TLS) Enabled() bool { return t.Cert != "" }
+
+// Caller is one caller allowed to get tokens.
+type Caller struct {
+	// ID is the caller's certificate identity (URI SAN or CN), or, with
+	// APIKeySHA256, a name for a caller that sends an API key.
+	ID string `yaml:"id"`
+	// APIKeySHA256 is the hex SHA-256 of the key the caller sends as
+	// x-api-key.
+	APIKeySHA256 string  `yaml:"api_key_sha256"`
+	Allow        []Grant `yaml:"allow"`
+}
+
+// Grant allows a caller one provider's scopes.
+type Grant struct {
+	Provider string `yaml:"provider"`
+	// Scopes are exact scopes, "*" (any), or a prefix ending in "*"
+	// ("users.*"). Absent, only the provider's default scope is allowed.
+	Scopes []string `yaml:"scopes"`
+}
+
+// LoadTLS builds the servers' TLS configuration: the certificate, and with
+// a client CA, verification of any certificate a caller presents. A caller
+// without a certificate still connects (health probes, API-key callers);
+// one whose certificate is not signed by the CA does not.
+func (t TLS) LoadTLS() (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return nil, Errorf("server.tls.cert", "cannot load the certificate and key: %v", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if t.ClientCA != "" {
+		pem, err := os.ReadFile(t.ClientCA)
+		if err != nil {
+			return nil, Errorf("server.tls.client_ca", "cannot read: %v", errors.Unwrap(err))
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, Errorf("server.tls.client_ca", "holds no PEM certificate")
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return cfg, nil
+}
+
+// validateAccess checks TLS and the callers.
+func (c *Config) validateAccess() []error {
+	var errs []error
+	t := c.Server.TLS
+	switch {
+	case t.Cert != "" && t.Key == "", t.Cert == "" && t.Key != "":
+		errs = append(errs, Errorf("server.tls", "cert and key go together"))
+	case t.Cert == "" && t.ClientCA != "":
+		errs = append(errs, Errorf("server.tls.client_ca", "needs server.tls.cert and key: mutual TLS is TLS first"))
+	case t.Enabled():
+		if _, err := t.LoadTLS(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	providers := map[string]bool{}
+	for _, p := range c.Providers {
+		providers[p.Name] = true
+	}
+	ids := map[string]string{}
+	for i, caller := range c.Callers {
+		path := fmt.Sprintf("callers[%d]", i)
+		switch {
+		case caller.ID == "":
+			errs = append(errs, Errorf(Join(path, "id"), "is required"))
+		case ids[caller.ID] != "":
+			errs = append(errs, Errorf(Join(path, "id"), "%q is already used by %s", caller.ID, ids[caller.ID]))
+		default:
+			ids[caller.ID] = path
+		}
+		if caller.APIKeySHA256 != "" {
+			if b, err := hex.DecodeString(caller.APIKeySHA256); err != nil || len(b) != 32 {
+				errs = append(errs, Errorf(Join(path, "api_key_sha256"), "must be 64 hex digits (the SHA-256 of the key)"))
+			}
+		} else if t.ClientCA == "" {
+			errs = append(errs, Errorf(Join(path, "id"), "a caller without api_key_sha256 is identified by its certificate, which needs server.tls.client_ca"))
+		}
+		for j, g := range caller.Allow {
+			gpath := fmt.Sprintf("%s.allow[%d]", path, j)
+			if !providers[g.Provider] {
+				errs = append(errs, Errorf(Join(gpath, "provider"), "no provider named %q is configured", g.Provider))
+			}
+			for k, s := range g.Scopes {
+				if s == "" || strings.Contains(strings.TrimSuffix(s, "*"), "*") {
+					errs = append(errs, Errorf(fmt.Sprintf("%s.scopes[%d]", gpath, k), "must be a scope, \"*\", or a prefix ending in \"*\""))
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// loopback reports whether addr listens on loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
