@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tokenvend/tokenvend/internal/token"
@@ -27,6 +28,11 @@ type Provider struct {
 	SingleUse bool
 	// PerCall, when set, adds the parts that must be fresh on every call.
 	PerCall PerCall
+	// Keep makes Broker.Keep log in for the default scope at start-up and
+	// keep that token refreshed and checked without waiting for callers
+	// (see token.Cache.Keep), for credentials whose revocation must show
+	// in health. Ignored for SingleUse providers.
+	Keep bool
 }
 
 // Scopes are a provider's scope rules.
@@ -106,6 +112,18 @@ func New(ps []Provider, o token.Options, onHold func(provider string, held bool)
 	return b
 }
 
+// Keep keeps the token of every provider marked Keep (see Provider.Keep)
+// until ctx ends, and returns when all of them have stopped.
+func (b *Broker) Keep(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, p := range b.list {
+		if p.Keep && p.cache != nil {
+			wg.Go(func() { p.cache.Keep(ctx, token.Key{Scope: p.Scopes.Default}) })
+		}
+	}
+	wg.Wait()
+}
+
 // Token answers one request.
 func (b *Broker) Token(ctx context.Context, r Request) (Answer, error) {
 	p, scope, err := b.check(r)
@@ -116,8 +134,14 @@ func (b *Broker) Token(ctx context.Context, r Request) (Answer, error) {
 	if p.SingleUse {
 		a.SingleUse = true
 		a.Token, err = p.Source.Token(ctx, token.Request{Scope: scope, Subject: r.Subject})
-		if err == nil && a.Token == nil {
+		switch {
+		case err == nil && a.Token == nil:
 			err = errors.New("provider returned no token")
+		case err == nil && r.MinValidFor > 0 && !a.Token.Expiry.IsZero() && a.Token.Expiry.Sub(a.Token.IssuedAt) < r.MinValidFor:
+			// A minted token is as fresh as it gets: asking for more than
+			// its lifetime is a request that cannot be met.
+			a.Token, err = nil, &token.Error{Kind: token.KindInvalid, Reason: token.ReasonMinValidTooLong,
+				Message: fmt.Sprintf("provider %q mints tokens valid for %s; min_valid_for %s cannot be met", p.Name, a.Token.Expiry.Sub(a.Token.IssuedAt), r.MinValidFor)}
 		}
 	} else {
 		a.Token, a.Outcome, err = p.cache.Get(ctx, token.Key{Scope: scope, Subject: r.Subject}, r.MinValidFor)
@@ -126,6 +150,17 @@ func (b *Broker) Token(ctx context.Context, r Request) (Answer, error) {
 		a.Token, err = p.PerCall.Finish(ctx, a.Token)
 	}
 	return a, err
+}
+
+// Scope validates r and returns the scope it resolves to, and whether that
+// is the provider's default (or the provider takes none): what a caller
+// policy decides on before any token is fetched.
+func (b *Broker) Scope(r Request) (scope string, isDefault bool, err error) {
+	p, scope, err := b.check(r)
+	if err != nil {
+		return "", false, err
+	}
+	return scope, scope == p.Scopes.Default, nil
 }
 
 // check validates r and returns its provider and effective scope.

@@ -339,9 +339,14 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token)
 			c.notify(false)
 		}
 	case KindOf(err) == KindRejected:
+		if prev != nil && prev.CheckEvery > 0 && e.tok == prev {
+			// The check of a revocable token was rejected: the token
+			// itself is refused now, so it must not be served any more.
+			e.tok, e.refreshAt, e.refreshFailures = nil, time.Time{}, 0
+		}
 		err = c.holdLocked(now, err)
 	}
-	if err != nil && cl.background {
+	if err != nil && cl.background && e.tok != nil {
 		e.refreshFailures++
 		e.refreshAt = now.Add(min(refreshRetryFirst<<(e.refreshFailures-1), refreshRetryMax))
 	}
@@ -396,17 +401,23 @@ func classify(ctx context.Context, err error) error {
 }
 
 // refreshAt is when a background refresh of tok should start: zero for a
-// token that never expires.
+// token that never expires and is never checked.
 func (c *Cache) refreshAt(tok *Token, now time.Time) time.Time {
-	if tok.Expiry.IsZero() {
-		return time.Time{}
-	}
 	issued := tok.IssuedAt
 	if issued.IsZero() || issued.After(now) {
 		issued = now
 	}
-	lead := min(c.o.RefreshBefore, tok.Expiry.Sub(issued)/2)
-	return tok.Expiry.Add(-lead)
+	var at time.Time
+	if !tok.Expiry.IsZero() {
+		lead := min(c.o.RefreshBefore, tok.Expiry.Sub(issued)/2)
+		at = tok.Expiry.Add(-lead)
+	}
+	if tok.CheckEvery > 0 {
+		if check := issued.Add(tok.CheckEvery); at.IsZero() || check.Before(at) {
+			at = check
+		}
+	}
+	return at
 }
 
 // holdLocked remembers a rejection and returns the error callers get.

@@ -16,6 +16,9 @@ const (
 	KindInvalid
 	// KindNotFound names something that does not exist (NOT_FOUND).
 	KindNotFound
+	// KindUnauthenticated is a caller that could not be identified
+	// (UNAUTHENTICATED).
+	KindUnauthenticated
 	// KindDenied asks for something the caller may not have
 	// (PERMISSION_DENIED).
 	KindDenied

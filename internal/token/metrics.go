@@ -76,7 +76,7 @@ func (m *Metrics) lookup(ctx context.Context, opt metric.AddOption) {
 
 var kindNames = map[Kind]string{
 	KindInternal: "internal", KindInvalid: "invalid", KindNotFound: "not_found",
-	KindDenied: "denied", KindRejected: "rejected", KindUnavailable: "unavailable",
+	KindDenied: "denied", KindUnauthenticated: "unauthenticated", KindRejected: "rejected", KindUnavailable: "unavailable",
 }
 
 func (m *Metrics) login(ctx context.Context, provider string, took time.Duration, err error) {

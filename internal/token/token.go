@@ -27,6 +27,13 @@ type Token struct {
 	// RefreshToken is kept for Sources that can refresh without a full
 	// login. It is never returned to callers.
 	RefreshToken string
+	// CheckEvery is for credentials that never expire but can be revoked
+	// (zero: never checked). The Cache asks the Source again this long
+	// after IssuedAt (earlier if the token expires sooner), in the
+	// background, serving this token meanwhile; if the Source rejects the
+	// check, the Cache drops this token, so callers get the rejection
+	// rather than a revoked credential.
+	CheckEvery time.Duration
 }
 
 // ValidFor reports whether t is still valid for at least d after now.
