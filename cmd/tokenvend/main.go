@@ -1,5 +1,7 @@
 // Command tokenvend is the token broker: `serve` runs it from a config file,
-// `check` validates a config, `demo` runs it against built-in simulators.
+// `check` validates a config, `demo` runs it against built-in simulators,
+// and `identityx` enrols the IdentityX credentials a service cannot obtain
+// unattended.
 package main
 
 import (
@@ -23,6 +25,8 @@ const usage = `usage:
   tokenvend check --config FILE      validate a config; exit non-zero naming every bad field
   tokenvend demo [--grpc-addr A] [--http-addr A]
                                      run the service against built-in simulators
+  tokenvend identityx send-link|login|api-token ...
+                                     enrol an IdentityX credential (prints the token)
 `
 
 func main() {
@@ -81,6 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			log.Info("demo upstream", "provider", provider, "protected_endpoint", url)
 		}
 		return serve(ctx, d.Config, log)
+	case "identityx":
+		return identityxCommand(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

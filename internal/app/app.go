@@ -6,6 +6,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -25,6 +27,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/auth"
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/server"
@@ -64,15 +67,17 @@ type App struct {
 	httpLn   net.Listener
 	pipe     *bufconn.Listener
 	gwConn   *grpc.ClientConn
-	grpcSrv  *grpc.Server
+	grpcSrv  *grpc.Server // the public gRPC port
+	pipeSrv  *grpc.Server // the gateway's, on the in-process pipe only
 	httpSrv  *http.Server
 	health   *health.Server
+	broker   *broker.Broker
 	stopping atomic.Bool
 }
 
 // New builds the service for cfg and binds its listeners, so the addresses
 // are known (and port 0 resolved) before Serve.
-func New(ctx context.Context, cfg *config.Config, o Options) (a *App, err error) {
+func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -82,7 +87,9 @@ func New(ctx context.Context, cfg *config.Config, o Options) (a *App, err error)
 	if o.Sleep == nil {
 		o.Sleep = sleep
 	}
-	a = &App{cfg: cfg, log: o.Log}
+	// a is not the named result: every failure returns nil, and the
+	// deferred close must still see what was acquired.
+	a := &App{cfg: cfg, log: o.Log}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -109,7 +116,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (a *App, err error)
 	for _, p := range providers {
 		a.health.SetServingStatus(p.Name, healthpb.HealthCheckResponse_SERVING)
 	}
-	b := broker.New(providers, token.Options{
+	a.broker = broker.New(providers, token.Options{
 		RefreshBefore:    cfg.Cache.RefreshBefore,
 		MinValid:         cfg.Cache.MinValid,
 		RejectBackoff:    cfg.Cache.RejectBackoff,
@@ -122,28 +129,47 @@ func New(ctx context.Context, cfg *config.Config, o Options) (a *App, err error)
 		Metrics:          metrics,
 		Log:              o.Log,
 	}, a.providerHeld)
-	srv, err := server.New(b, o.Log, a.tel.Meter.Meter("tokenvend"))
+	policy := auth.New(cfg.Callers)
+	srv, err := server.New(a.broker, policy, o.Log, a.tel.Meter.Meter("tokenvend"))
 	if err != nil {
 		return nil, err
 	}
+	var tlsCfg *tls.Config
+	if cfg.Server.TLS.Enabled() {
+		if tlsCfg, err = cfg.Server.TLS.LoadTLS(); err != nil {
+			return nil, err
+		}
+	}
 
-	a.grpcSrv = grpc.NewServer(grpc.StatsHandler(otelgrpc.NewServerHandler(
+	stats := grpc.StatsHandler(otelgrpc.NewServerHandler(
 		otelgrpc.WithTracerProvider(a.tel.Tracer), otelgrpc.WithMeterProvider(a.tel.Meter),
-		otelgrpc.WithPropagators(a.tel.Propagators))))
+		otelgrpc.WithPropagators(a.tel.Propagators)))
+	opts := []grpc.ServerOption{stats, grpc.UnaryInterceptor(policy.PublicInterceptor())}
+	if tlsCfg != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+	}
+	a.grpcSrv = grpc.NewServer(opts...)
 	tokenvendv1.RegisterTokenServiceServer(a.grpcSrv, srv)
 	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
 	reflection.Register(a.grpcSrv)
 
 	// The gateway reaches the TokenService through a real gRPC connection
 	// over an in-process pipe: REST calls take the same path as gRPC ones.
+	// Its server is a separate one, so the identity the gateway hands over
+	// is read only there, where no outside caller can reach.
+	a.pipeSrv = grpc.NewServer(stats, grpc.UnaryInterceptor(auth.GatewayInterceptor()))
+	tokenvendv1.RegisterTokenServiceServer(a.pipeSrv, srv)
 	a.pipe = bufconn.Listen(1 << 20)
 	a.gwConn, err = grpc.NewClient("passthrough:///tokenvend",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return a.pipe.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(a.tel.Tracer), otelgrpc.WithMeterProvider(a.tel.Meter),
+			otelgrpc.WithPropagators(a.tel.Propagators))))
 	if err != nil {
 		return nil, err
 	}
-	gw, err := newGateway(ctx, a.gwConn)
+	gw, err := newGateway(ctx, a.gwConn, policy)
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +185,9 @@ func New(ctx context.Context, cfg *config.Config, o Options) (a *App, err error)
 	}
 	if a.httpLn, err = net.Listen("tcp", cfg.Server.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("server.http_addr: %w", err)
+	}
+	if tlsCfg != nil {
+		a.httpLn = tls.NewListener(a.httpLn, tlsCfg)
 	}
 	return a, nil
 }
@@ -186,8 +215,13 @@ func (a *App) providerHeld(provider string, held bool) {
 func (a *App) Serve(ctx context.Context) error {
 	errc := make(chan error, 3)
 	go func() { errc <- a.grpcSrv.Serve(a.grpcLn) }()
-	go func() { errc <- a.grpcSrv.Serve(a.pipe) }()
+	go func() { errc <- a.pipeSrv.Serve(a.pipe) }()
 	go func() { errc <- a.httpSrv.Serve(a.httpLn) }()
+	// Providers marked Keep log in now and are checked periodically, so a
+	// revoked credential shows in health without waiting for a caller.
+	kctx, stopKeeping := context.WithCancel(ctx)
+	kept := make(chan struct{})
+	go func() { a.broker.Keep(kctx); close(kept) }()
 	a.log.InfoContext(ctx, "tokenvend serving", "grpc_addr", a.GRPCAddr(), "http_addr", a.HTTPAddr(),
 		"providers", len(a.cfg.Providers))
 
@@ -199,6 +233,8 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	a.log.Info("tokenvend stopping")
 	a.stopping.Store(true)
+	stopKeeping()
+	<-kept
 	a.health.Shutdown()
 
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.Server.ShutdownTimeout)
@@ -207,11 +243,12 @@ func (a *App) Serve(ctx context.Context) error {
 		err = errors.Join(err, fmt.Errorf("http shutdown: %w", e))
 	}
 	stopped := make(chan struct{})
-	go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
+	go func() { a.grpcSrv.GracefulStop(); a.pipeSrv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
 	case <-sctx.Done():
 		a.grpcSrv.Stop()
+		a.pipeSrv.Stop()
 		err = errors.Join(err, errors.New("in-flight calls did not finish within server.shutdown_timeout"))
 	}
 	a.close()

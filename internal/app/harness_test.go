@@ -91,7 +91,23 @@ func startService(t *testing.T, clk *clock, yaml string) *service {
 
 func startConfig(t *testing.T, clk *clock, cfg *config.Config) *service {
 	t.Helper()
-	s := &service{t: t, logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter()}
+	s, grpcAddr, httpAddr := startApp(t, clk, cfg)
+	var err error
+	s.conn, err = grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.conn.Close() })
+	s.client = tokenvendv1.NewTokenServiceClient(s.conn)
+	s.base = "http://" + httpAddr
+	return s
+}
+
+// startApp runs the service for cfg until the test ends and returns it
+// without clients, for tests that dial it their own way (TLS).
+func startApp(t *testing.T, clk *clock, cfg *config.Config) (s *service, grpcAddr, httpAddr string) {
+	t.Helper()
+	s = &service{t: t, logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter()}
 	o := app.Options{
 		Log:          slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		SpanExporter: s.spans,
@@ -99,6 +115,15 @@ func startConfig(t *testing.T, clk *clock, cfg *config.Config) *service {
 	}
 	if clk != nil {
 		o.Now = clk.Now
+		// A provider that waits (for a TOTP step, say) moves the fake
+		// clock instead of sleeping.
+		o.Sleep = func(ctx context.Context, d time.Duration) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			clk.Advance(d)
+			return nil
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, cfg, o)
@@ -122,14 +147,7 @@ func startConfig(t *testing.T, clk *clock, cfg *config.Config) *service {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	s.conn, err = grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.conn.Close() })
-	s.client = tokenvendv1.NewTokenServiceClient(s.conn)
-	s.base = "http://" + a.HTTPAddr()
-	return s
+	return s, a.GRPCAddr(), a.HTTPAddr()
 }
 
 // get calls GetToken over gRPC with a deadline, so a test that would wait

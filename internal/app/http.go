@@ -11,13 +11,18 @@ import (
 
 	"github.com/tokenvend/tokenvend"
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/auth"
 )
 
 // newGateway returns the REST mirror of the TokenService. JSON uses the
 // proto field names (access_token, expire_time), as OAuth callers expect,
-// and a request body with an unknown field is refused, not half-read.
-func newGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
+// and a request body with an unknown field is refused, not half-read. The
+// caller's identity goes along as the policy establishes it; no HTTP
+// header is forwarded as metadata, so none can pose as that identity.
+func newGateway(ctx context.Context, conn *grpc.ClientConn, policy *auth.Policy) (http.Handler, error) {
 	mux := runtime.NewServeMux(
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithMetadata(policy.GatewayMetadata),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,6 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/app"
+	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/demo"
 	"github.com/tokenvend/tokenvend/internal/kycsim"
 )
@@ -178,5 +182,24 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Errorf("Serve: got %v, want nil after a clean stop", err)
+	}
+}
+
+// TestStartFailureIsAnError: a start-up failure (here, a port in use) is
+// returned as an error naming the field, not a panic.
+func TestStartFailureIsAnError(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("server: {grpc_addr: %q, http_addr: '127.0.0.1:0'}\nproviders:\n  - {name: kyc, kind: kyc, base_url: 'http://127.0.0.1:1', username: u, password: p}\n", ln.Addr().String())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(context.Background(), cfg, app.Options{Log: slog.New(slog.DiscardHandler)})
+	if err == nil || a != nil || !strings.Contains(err.Error(), "server.grpc_addr") {
+		t.Errorf("got %v %v, want an error naming server.grpc_addr", a, err)
 	}
 }

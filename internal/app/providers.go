@@ -10,7 +10,11 @@ import (
 
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/config"
+	"github.com/tokenvend/tokenvend/internal/ibanera"
+	"github.com/tokenvend/tokenvend/internal/identityx"
+	"github.com/tokenvend/tokenvend/internal/insly"
 	"github.com/tokenvend/tokenvend/internal/kyc"
+	"github.com/tokenvend/tokenvend/internal/loginid"
 )
 
 // deps are what a kind's client may need from the service.
@@ -36,12 +40,45 @@ func sleep(ctx context.Context, d time.Duration) error {
 // kinds builds each upstream scheme from its provider block. Adding a kind
 // is adding its package and one entry here.
 var kinds = map[string]func(p config.Provider, d deps) (broker.Provider, error){
+	"ibanera": func(p config.Provider, d deps) (broker.Provider, error) {
+		var c ibanera.Config
+		if err := p.Load(&c); err != nil {
+			return broker.Provider{}, err
+		}
+		cl := ibanera.New(c, d.http, d.now, d.sleep)
+		return broker.Provider{Source: cl, PerCall: cl}, nil
+	},
+	"identityx": func(p config.Provider, d deps) (broker.Provider, error) {
+		var c identityx.Config
+		if err := p.Load(&c); err != nil {
+			return broker.Provider{}, err
+		}
+		return broker.Provider{Source: identityx.New(c, d.http, d.now), Keep: true}, nil
+	},
+	"insly": func(p config.Provider, d deps) (broker.Provider, error) {
+		var c insly.Config
+		if err := p.Load(&c); err != nil {
+			return broker.Provider{}, err
+		}
+		return broker.Provider{Source: insly.New(c, d.http, d.now), Scopes: broker.Scopes{Allowed: c.Scopes, Default: c.DefaultScope()}}, nil
+	},
 	"kyc": func(p config.Provider, d deps) (broker.Provider, error) {
 		var c kyc.Config
 		if err := p.Load(&c); err != nil {
 			return broker.Provider{}, err
 		}
 		return broker.Provider{Source: kyc.New(c, d.http, d.now)}, nil
+	},
+	"loginid": func(p config.Provider, d deps) (broker.Provider, error) {
+		var c loginid.Config
+		if err := p.Load(&c); err != nil {
+			return broker.Provider{}, err
+		}
+		cl, err := loginid.New(c, d.now)
+		if err != nil {
+			return broker.Provider{}, config.Nest(p.Path, err)
+		}
+		return broker.Provider{Source: cl, Scopes: broker.Scopes{Allowed: c.Scopes}, Subject: true, SingleUse: true}, nil
 	},
 }
 

@@ -19,6 +19,10 @@ import (
 // listed. Each returns the provider's config block.
 var upstreams = []func(d *Demo) (string, error){
 	startKYC,
+	startInsly,
+	startIbanera,
+	startLoginID,
+	startIdentityX,
 }
 
 // Demo is a set of running simulators and the config that points the

@@ -1,10 +1,14 @@
-// Package server implements tokenvend.v1.TokenService over the broker. The
+// Package server implements tokenvend.v1.TokenService over the broker:
+// caller policy, the request itself, and one audit line per GetToken. The
 // REST gateway calls it through gRPC too, so everything here applies to
 // REST callers alike.
 package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"log/slog"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -12,9 +16,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/auth"
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/token"
 )
@@ -23,6 +29,7 @@ import (
 type Server struct {
 	tokenvendv1.UnimplementedTokenServiceServer
 	broker   *broker.Broker
+	policy   *auth.Policy
 	log      *slog.Logger
 	requests metric.Int64Counter
 	// okAttrs are built once per provider: a successful GetToken is the
@@ -30,14 +37,14 @@ type Server struct {
 	okAttrs map[string]metric.AddOption
 }
 
-// New returns a Server answering from b.
-func New(b *broker.Broker, log *slog.Logger, meter metric.Meter) (*Server, error) {
+// New returns a Server answering from b to the callers policy allows.
+func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, meter metric.Meter) (*Server, error) {
 	requests, err := meter.Int64Counter("tokenvend.requests",
 		metric.WithDescription("GetToken requests, by provider and gRPC code."))
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{broker: b, log: log, requests: requests, okAttrs: map[string]metric.AddOption{}}
+	s := &Server{broker: b, policy: policy, log: log, requests: requests, okAttrs: map[string]metric.AddOption{}}
 	for _, p := range b.Providers() {
 		s.okAttrs[p.Name] = metric.WithAttributeSet(attribute.NewSet(
 			attribute.String("provider", p.Name), attribute.String("code", codes.OK.String())))
@@ -45,22 +52,25 @@ func New(b *broker.Broker, log *slog.Logger, meter metric.Meter) (*Server, error
 	return s, nil
 }
 
-// GetToken returns a credential for one provider and scope.
+// GetToken returns a credential for one provider and scope, if the caller
+// may have it.
 func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest) (*tokenvendv1.GetTokenResponse, error) {
-	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+	span := trace.SpanFromContext(ctx)
+	if span.IsRecording() {
 		span.SetAttributes(attribute.String("tokenvend.provider", req.GetProvider()))
 	}
+	caller, _ := auth.CallerFrom(ctx)
 	r := broker.Request{Provider: req.GetProvider(), Scope: req.GetScope(), Subject: req.GetSubject()}
-	if d := req.GetMinValidFor(); d != nil {
-		if err := d.CheckValid(); err != nil {
-			return nil, s.fail(ctx, req, &token.Error{Kind: token.KindInvalid, Reason: broker.ReasonInvalidMinValid,
-				Message: "min_valid_for is not a valid duration"})
-		}
-		r.MinValidFor = d.AsDuration()
-	}
-	a, err := s.broker.Token(ctx, r)
+	a, scope, err := s.getToken(ctx, caller, r, req.GetMinValidFor())
+	code := codes.OK
 	if err != nil {
-		return nil, s.fail(ctx, req, err)
+		err = toStatus(err, req.GetProvider())
+		code = status.Code(err)
+	}
+	s.audit(ctx, span, caller, r, scope, code, a)
+	if err != nil {
+		s.fail(ctx, req.GetProvider(), code, err)
+		return nil, err
 	}
 	s.requests.Add(ctx, 1, s.okAttrs[req.GetProvider()])
 	t := a.Token
@@ -79,29 +89,125 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 	return resp, nil
 }
 
-// fail counts, logs and maps a failed GetToken.
-func (s *Server) fail(ctx context.Context, req *tokenvendv1.GetTokenRequest, err error) error {
-	st := status.Convert(toStatus(err, req.GetProvider()))
-	provider := req.GetProvider()
+// getToken applies the caller policy, then asks the broker. It returns the
+// effective scope too, for the audit line.
+func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, minValid *durationpb.Duration) (broker.Answer, string, error) {
+	if minValid != nil {
+		if err := minValid.CheckValid(); err != nil {
+			return broker.Answer{}, r.Scope, &token.Error{Kind: token.KindInvalid, Reason: broker.ReasonInvalidMinValid,
+				Message: "min_valid_for is not a valid duration"}
+		}
+		r.MinValidFor = minValid.AsDuration()
+	}
+	scope, isDefault, err := s.broker.Scope(r)
+	if err != nil {
+		return broker.Answer{}, r.Scope, err
+	}
+	if err := s.authorize(caller, r.Provider, scope, isDefault); err != nil {
+		return broker.Answer{}, scope, err
+	}
+	a, err := s.broker.Token(ctx, r)
+	return a, scope, err
+}
+
+// Reasons for caller policy errors.
+const (
+	ReasonCallerUnidentified = "CALLER_UNIDENTIFIED"
+	ReasonCallerNotAllowed   = "CALLER_NOT_ALLOWED"
+)
+
+// authorize checks the caller against the policy.
+func (s *Server) authorize(caller, provider, scope string, isDefault bool) error {
+	if !s.policy.Enforced() {
+		return nil
+	}
+	if caller == "" {
+		return &token.Error{Kind: token.KindUnauthenticated, Reason: ReasonCallerUnidentified,
+			Message: "the caller is not identified: present a client certificate signed by the configured CA, or an API key in x-api-key"}
+	}
+	if !s.policy.Allowed(caller, provider, scope, isDefault) {
+		return &token.Error{Kind: token.KindDenied, Reason: ReasonCallerNotAllowed,
+			Message: fmt.Sprintf("caller %q may not get provider %q with scope %q: ask for a grant in the callers config", caller, provider, scope)}
+	}
+	return nil
+}
+
+// audit writes the one audit line of a GetToken, and the same as a span
+// event: who asked for what, the outcome, and a fingerprint of the token
+// (never the token).
+func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r broker.Request, scope string, code codes.Code, a broker.Answer) {
+	result := "none"
+	switch {
+	case a.SingleUse && a.Token != nil:
+		result = "minted"
+	case a.Token != nil || a.Outcome.Held:
+		result = a.Outcome.String()
+	}
+	attrs := []attribute.KeyValue{
+		attribute.String("caller", caller),
+		attribute.String("provider", r.Provider),
+		attribute.String("scope", scope),
+		attribute.String("subject", r.Subject),
+		attribute.String("code", code.String()),
+		attribute.String("result", result),
+	}
+	if a.Token != nil {
+		attrs = append(attrs, attribute.String("token_sha256", Fingerprint(a.Token.AccessToken)))
+	}
+	if sc := span.SpanContext(); sc.HasTraceID() {
+		attrs = append(attrs, attribute.String("trace_id", sc.TraceID().String()))
+	}
+	if span.IsRecording() {
+		span.AddEvent("tokenvend.audit", trace.WithAttributes(attrs...))
+	}
+	logAttrs := make([]slog.Attr, 0, len(attrs))
+	for _, kv := range attrs {
+		logAttrs = append(logAttrs, slog.String(string(kv.Key), kv.Value.AsString()))
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "audit", logAttrs...)
+}
+
+// Fingerprint is a short SHA-256 fingerprint of a token: enough to match an
+// audit line to a token a caller shows, useless to replay.
+func Fingerprint(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:8])
+}
+
+// fail counts and logs a failed GetToken.
+func (s *Server) fail(ctx context.Context, provider string, code codes.Code, err error) {
 	if _, known := s.okAttrs[provider]; !known {
 		provider = "" // a caller's typo must not mint a new metric series
 	}
 	s.requests.Add(ctx, 1, metric.WithAttributes(
-		attribute.String("provider", provider), attribute.String("code", st.Code().String())))
-	if st.Code() == codes.Internal {
+		attribute.String("provider", provider), attribute.String("code", code.String())))
+	if code == codes.Internal {
 		s.log.ErrorContext(ctx, "GetToken failed", "provider", provider, "error", err.Error())
 	}
-	return st.Err()
 }
 
-// ListProviders describes the configured providers, without secrets.
-func (s *Server) ListProviders(context.Context, *tokenvendv1.ListProvidersRequest) (*tokenvendv1.ListProvidersResponse, error) {
+// ListProviders describes the providers the caller may get, without
+// secrets.
+func (s *Server) ListProviders(ctx context.Context, _ *tokenvendv1.ListProvidersRequest) (*tokenvendv1.ListProvidersResponse, error) {
+	caller, _ := auth.CallerFrom(ctx)
+	if s.policy.Enforced() && caller == "" {
+		return nil, toStatus(s.authorize("", "", "", true), "")
+	}
 	var resp tokenvendv1.ListProvidersResponse
 	for _, p := range s.broker.Providers() {
+		var scopes []string
+		for _, sc := range p.Scopes {
+			if s.policy.Allowed(caller, p.Name, sc, sc == p.DefaultScope) {
+				scopes = append(scopes, sc)
+			}
+		}
+		if len(scopes) == 0 && !s.policy.Allowed(caller, p.Name, p.DefaultScope, true) {
+			continue
+		}
 		resp.Providers = append(resp.Providers, &tokenvendv1.Provider{
 			Name:               p.Name,
 			Kind:               p.Kind,
-			Scopes:             p.Scopes,
+			Scopes:             scopes,
 			DefaultScope:       p.DefaultScope,
 			HasValidCredential: p.Valid,
 		})

@@ -20,12 +20,13 @@ import (
 const Domain = "tokenvend.dev"
 
 var kindCodes = map[token.Kind]codes.Code{
-	token.KindInternal:    codes.Internal,
-	token.KindInvalid:     codes.InvalidArgument,
-	token.KindNotFound:    codes.NotFound,
-	token.KindDenied:      codes.PermissionDenied,
-	token.KindRejected:    codes.FailedPrecondition,
-	token.KindUnavailable: codes.Unavailable,
+	token.KindInternal:        codes.Internal,
+	token.KindInvalid:         codes.InvalidArgument,
+	token.KindNotFound:        codes.NotFound,
+	token.KindDenied:          codes.PermissionDenied,
+	token.KindUnauthenticated: codes.Unauthenticated,
+	token.KindRejected:        codes.FailedPrecondition,
+	token.KindUnavailable:     codes.Unavailable,
 }
 
 // toStatus is the one place a domain error becomes a gRPC status: the
