@@ -452,3 +452,83 @@ func TestLoopbackDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestCallerScopeGrants checks scope patterns against a provider with
+// several scopes (loginid), with API-key callers over gRPC and REST.
+func TestCallerScopeGrants(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	k := newLoginIDKey(t)
+	sim, url := loginidSim(t, clk, k)
+	billingKey, codesKey := "billing-key-7d0c1f", "codes-key-41aa9e"
+	hashOf := func(s string) string { sum := sha256.Sum256([]byte(s)); return hex.EncodeToString(sum[:]) }
+	s := startService(t, clk, fmt.Sprintf(`
+callers:
+  - id: key:billing
+    api_key_sha256: %s
+    allow: [{provider: loginid, scopes: ["users.*"]}]
+  - id: key:codes
+    api_key_sha256: %s
+    allow: [{provider: loginid, scopes: [codes.generate]}]
+providers:
+  - name: loginid
+    kind: loginid
+    private_key: %s
+    client_id: %s
+    scopes: [users.retrieve, users.create, codes.generate]
+`, hashOf(billingKey), hashOf(codesKey), loginidOneLine(k.pkcs8), loginidClientID))
+
+	get := func(key, scope string) (*tokenvendv1.GetTokenResponse, error) {
+		ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-api-key", key), 10*time.Second)
+		defer cancel()
+		return s.client.GetToken(ctx, &tokenvendv1.GetTokenRequest{Provider: "loginid", Scope: scope})
+	}
+	for _, tc := range []struct {
+		caller, key, scope string
+		want               codes.Code
+	}{
+		{"billing", billingKey, "users.retrieve", codes.OK},
+		{"billing", billingKey, "users.create", codes.OK},
+		{"billing", billingKey, "codes.generate", codes.PermissionDenied},
+		{"codes", codesKey, "codes.generate", codes.OK},
+		{"codes", codesKey, "users.retrieve", codes.PermissionDenied},
+	} {
+		t.Run(tc.caller+" "+tc.scope+"/grpc", func(t *testing.T) {
+			resp, err := get(tc.key, tc.scope)
+			if got := status.Code(err); got != tc.want {
+				t.Fatalf("got %v (%v), want %v", got, err, tc.want)
+			}
+			if tc.want == codes.PermissionDenied {
+				if _, info := errorInfo(t, err); info.GetReason() != "CALLER_NOT_ALLOWED" {
+					t.Errorf("reason: got %s, want CALLER_NOT_ALLOWED", info.GetReason())
+				}
+			}
+			if tc.scope == "users.retrieve" && tc.want == codes.OK {
+				if code, body := loginidUse(t, http.MethodGet, url+"/manage/users/u1", resp.GetHeaders()); code != http.StatusOK {
+					t.Errorf("vended token upstream: got %d %v, want 200", code, body)
+				}
+			}
+		})
+		t.Run(tc.caller+" "+tc.scope+"/rest", func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodPost, s.base+"/v1/token", strings.NewReader(`{"provider":"loginid","scope":"`+tc.scope+`"}`))
+			req.Header.Set("x-api-key", tc.key)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			want := map[codes.Code]int{codes.OK: 200, codes.PermissionDenied: 403}[tc.want]
+			if resp.StatusCode != want {
+				t.Errorf("got HTTP %d, want %d", resp.StatusCode, want)
+			}
+		})
+	}
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-api-key", billingKey)
+	list, err := s.client.ListProviders(ctx, &tokenvendv1.ListProvidersRequest{})
+	if err != nil || len(list.GetProviders()) != 1 || fmt.Sprint(list.GetProviders()[0].GetScopes()) != "[users.retrieve users.create]" {
+		t.Errorf("billing's ListProviders: got %v %v, want loginid with users.retrieve and users.create only", list, err)
+	}
+	if sim.Accepted() != 1 {
+		t.Errorf("upstream accepted %d tokens, want 1", sim.Accepted())
+	}
+}
