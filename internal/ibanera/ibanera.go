@@ -24,6 +24,7 @@ package ibanera
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base32"
 	"encoding/json"
 	"errors"
@@ -59,6 +60,12 @@ type Config struct {
 	// LockoutHold is how long every login of the provider is held after
 	// the upstream answers Account_Locked (10m, Ibanera's lock time).
 	LockoutHold time.Duration `yaml:"lockout_hold"`
+	// MaxFailedLogins is how many logins in a row the same credentials may
+	// fail before tokenvend stops sending them until they change (3). It
+	// must stay below the upstream's lockout threshold (5 failures): the
+	// cache's backoff spaces attempts out, but does not stop them, and a
+	// failure count that never decays would lock the account in the end.
+	MaxFailedLogins int `yaml:"max_failed_logins"`
 }
 
 // Defaults and bounds of the optional keys.
@@ -68,6 +75,8 @@ const (
 	// callers wait.
 	MaxSkewAllowance   = Step / 2
 	DefaultLockoutHold = 10 * time.Minute
+	// DefaultMaxFailedLogins stays below Ibanera's lock at 5 failures.
+	DefaultMaxFailedLogins = 3
 )
 
 // Step is the TOTP time step.
@@ -116,6 +125,12 @@ func (c *Config) Validate() error {
 	case c.LockoutHold == 0:
 		c.LockoutHold = DefaultLockoutHold
 	}
+	switch {
+	case c.MaxFailedLogins < 0 || c.MaxFailedLogins > 4:
+		errs = append(errs, config.Errorf("max_failed_logins", "must be from 1 to 4: Ibanera locks the account at 5 failures"))
+	case c.MaxFailedLogins == 0:
+		c.MaxFailedLogins = DefaultMaxFailedLogins
+	}
 	return errors.Join(errs...)
 }
 
@@ -158,6 +173,14 @@ type Client struct {
 	// lastStep is the TOTP step of the last code sent to the login, -1
 	// before the first.
 	lastStep int64
+	// failed counts the logins in a row that the upstream refused with
+	// the same credentials (a hash of them), and keeps the last refusal;
+	// login guards it.
+	failed struct {
+		creds [sha256.Size]byte
+		n     int
+		err   *token.Error
+	}
 }
 
 // New returns a Client for a validated config. hc carries the login
@@ -194,6 +217,13 @@ func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, erro
 	}
 	defer func() { <-c.login }()
 
+	creds := sha256.Sum256([]byte(c.cfg.Username + "\x00" + password + "\x00" + key))
+	if f := &c.failed; f.n >= c.cfg.MaxFailedLogins && f.creds == creds {
+		refused := *f.err
+		refused.Message = fmt.Sprintf("the upstream refused these credentials %d times in a row (%s), and Ibanera locks the account after 5 failures: tokenvend will not send them again until the configured password or totp_secret changes", f.n, f.err.Upstream)
+		return nil, &refused
+	}
+
 	code, step, _, err := c.code(ctx, key, c.lastStep)
 	switch {
 	case errors.Is(err, errTooLate):
@@ -226,7 +256,28 @@ func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, erro
 	if err != nil {
 		return nil, err
 	}
-	return c.parse(status, answer, issued)
+	tok, err := c.parse(status, answer, issued)
+	c.count(creds, err)
+	return tok, err
+}
+
+// count keeps the tally of logins in a row refused with the same
+// credentials; a success, or new credentials, starts it again.
+func (c *Client) count(creds [sha256.Size]byte, err error) {
+	var e *token.Error
+	switch {
+	case err == nil:
+		c.failed.n = 0
+	case errors.As(err, &e) && e.Reason == token.ReasonCredentialsRejected:
+		// Only a refusal of the credentials themselves counts: a lock
+		// placed by someone else, or an account state, is not fixed by
+		// changing them.
+		if c.failed.creds != creds {
+			c.failed.creds, c.failed.n = creds, 0
+		}
+		c.failed.n++
+		c.failed.err = e
+	}
 }
 
 // Finish adds the otp header for now to a (cached) session, and brings its

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -51,6 +53,13 @@ func (c *clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.t
+}
+
+// Advance moves the clock on by d.
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
 }
 
 func (c *clock) Set(t time.Time) {
@@ -692,4 +701,92 @@ func assertSafe(t *testing.T, err error, never ...string) {
 			t.Errorf("the error holds %q: %v", s, err)
 		}
 	}
+}
+
+// TestRefusedCredentialsAreNotSentAgain: after max_failed_logins refusals
+// in a row of the same credentials, the client stops sending them (the
+// upstream locks the account at 5, and the cache's backoff alone would get
+// there), until they change; a lock or an account state does not count.
+func TestRefusedCredentialsAreNotSentAgain(t *testing.T) {
+	t.Parallel()
+	clk := newClock(stepStart)
+	sim, srv := startSim(t, clk, ibanerasim.Options{})
+	path := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(path, []byte("wrong"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := baseConfig(srv)
+	cfg.Password = yamlSecret(t, "{file: "+path+"}")
+	c := newClient(t, cfg, srv, clk)
+
+	for i := range 10 {
+		clk.Advance(ibanera.Step) // a fresh step for every attempt, as the cache's holds would give
+		_, err := c.Token(context.Background(), token.Request{})
+		var e *token.Error
+		if !errors.As(err, &e) || e.Reason != token.ReasonCredentialsRejected {
+			t.Fatalf("attempt %d: got %v, want CREDENTIALS_REJECTED", i, err)
+		}
+		if i >= ibanera.DefaultMaxFailedLogins && !strings.Contains(e.Message, "will not send them again") {
+			t.Errorf("attempt %d: message %q does not say the credentials are no longer sent", i, e.Message)
+		}
+	}
+	if got := sim.LoginAttempts(); got != ibanera.DefaultMaxFailedLogins {
+		t.Errorf("upstream login attempts: got %d, want %d", got, ibanera.DefaultMaxFailedLogins)
+	}
+	if sim.Locked(user) {
+		t.Fatal("the upstream locked the account")
+	}
+
+	// The operator fixes the password: the next login sends it.
+	if err := os.WriteFile(path, []byte(password), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(ibanera.Step)
+	tok, err := c.Token(context.Background(), token.Request{})
+	if err != nil {
+		t.Fatalf("after the fix: %v", err)
+	}
+	if got := use(t, srv, mustFinish(t, c, tok)); got != http.StatusOK {
+		t.Errorf("session after the fix upstream: got %d, want 200", got)
+	}
+}
+
+// TestLockIsNotCountedAgainstTheCredentials: Account_Locked, however often,
+// does not stop the client sending credentials that were never refused.
+func TestLockIsNotCountedAgainstTheCredentials(t *testing.T) {
+	t.Parallel()
+	clk := newClock(stepStart)
+	sim, srv := startSim(t, clk, ibanerasim.Options{LockFor: time.Hour})
+	for range 5 { // someone else locks the account
+		clk.Advance(ibanera.Step)
+		resp, err := http.Post(srv.URL+ibanerasim.LoginPath, "application/json",
+			strings.NewReader(`{"username":"`+user+`","password":"guess","otp":"000000"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	c := newClient(t, baseConfig(srv), srv, clk)
+	for range 5 {
+		clk.Advance(ibanera.Step)
+		if _, err := c.Token(context.Background(), token.Request{}); err == nil || !strings.Contains(err.Error(), "Account_Locked") {
+			t.Fatalf("while locked: got %v, want Account_Locked", err)
+		}
+	}
+	clk.Advance(time.Hour)
+	if _, err := c.Token(context.Background(), token.Request{}); err != nil {
+		t.Errorf("after the lock: got %v, want a login", err)
+	}
+	if got := sim.Logins(); got != 1 {
+		t.Errorf("upstream logins: got %d, want 1", got)
+	}
+}
+
+func mustFinish(t *testing.T, c *ibanera.Client, tok *token.Token) *token.Token {
+	t.Helper()
+	out, err := c.Finish(context.Background(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
