@@ -22,7 +22,6 @@
 package ibanera
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base32"
@@ -245,14 +244,8 @@ func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, erro
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.loginURL, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json")
 	issued := c.now()
-	status, answer, err := upstream.Do(c.hc, req)
+	status, answer, err := upstream.Post(ctx, c.hc, c.loginURL, "application/json", body, nil)
 	if err != nil {
 		return nil, err
 	}

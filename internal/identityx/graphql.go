@@ -1,7 +1,6 @@
 package identityx
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -49,16 +48,7 @@ func call(ctx context.Context, hc *http.Client, endpoint string, h map[string]st
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json")
-	for k, v := range h {
-		req.Header.Set(k, v)
-	}
-	status, raw, err := upstream.Do(hc, req)
+	status, raw, err := upstream.Post(ctx, hc, endpoint, "application/json", body, h)
 	if err != nil {
 		return nil, err
 	}

@@ -23,7 +23,6 @@
 package insly
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -348,14 +347,8 @@ func (c *Client) exchange(ctx context.Context, o op, u string, body any, scope s
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(payload))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json; charset=UTF-8")
-	req.Header.Set("Accept", "application/json")
 	issued := c.now()
-	status, raw, err := upstream.Do(c.hc, req)
+	status, raw, err := upstream.Post(ctx, c.hc, u, "application/json; charset=UTF-8", payload, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -82,14 +82,8 @@ func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, erro
 		return nil, token.Rejected(token.ReasonSecretUnreadable, "", "the configured password cannot be read: "+err.Error())
 	}
 	form := url.Values{"username": {c.cfg.Username}, "password": {password}, "grant_type": {"password"}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.loginURL, strings.NewReader(form.Encode()))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
 	issued := c.now()
-	status, body, err := upstream.Do(c.hc, req)
+	status, body, err := upstream.Post(ctx, c.hc, c.loginURL, "application/x-www-form-urlencoded", []byte(form.Encode()), nil)
 	if err != nil {
 		return nil, err
 	}

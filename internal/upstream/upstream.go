@@ -4,6 +4,7 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -37,6 +38,21 @@ func Do(hc *http.Client, req *http.Request) (int, []byte, error) {
 		return 0, nil, token.Unavailable("the upstream's answer is too large", nil)
 	}
 	return resp.StatusCode, body, nil
+}
+
+// Post sends body to url with the given content type and extra headers,
+// asking for JSON, and returns the answer as Do does.
+func Post(ctx context.Context, hc *http.Client, url, contentType string, body []byte, header map[string]string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", contentType)
+	req.Header.Set("Accept", "application/json")
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	return Do(hc, req)
 }
 
 // Unexpected is the error for an answer a scheme does not account for: a
