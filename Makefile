@@ -2,7 +2,7 @@
 GO       ?= go
 BUF      := $(GO) tool -modfile=tools/go.mod buf
 
-.PHONY: run test generate check-generated lint bench build
+.PHONY: run test generate check-generated check-deploy lint bench bench-go build
 
 ## run: start the service on its built-in demo (simulated upstreams, no secrets)
 run:
@@ -25,12 +25,27 @@ check-generated: generate
 	@git diff --exit-code --stat -- gen || (echo "gen/ is stale: run make generate and commit" >&2; exit 1)
 	@test -z "$$(git status --porcelain -- gen)" || (git status --porcelain -- gen; echo "gen/ has files not committed: run make generate and commit" >&2; exit 1)
 
-## lint: buf lint, gofmt, go vet and the generated-code check
+## check-deploy: render deploy/kubernetes with kustomize, decode every object strictly into the
+## Kubernetes API types, check the Deployment's promises and the Dockerfile, and run
+## `tokenvend check` on the example config (deploy/ is a module of its own)
+check-deploy:
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+## lint: buf lint, gofmt, go vet, the generated-code check, the deploy/ check, and the bench/ harness's own tests
 lint: check-generated
 	$(BUF) lint
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))" || (gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'); echo "gofmt needed" >&2; exit 1)
 	$(GO) vet ./...
+	$(MAKE) --no-print-directory check-deploy
+	cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
 
-## bench: Go benchmarks of the hot paths, allocations included
-bench:
+## bench: build the server, run it on its demo and load it beside its own floor (health
+## checks) in one run; prints one table. The harness is its own module (bench/), where
+## ghz is pinned; BENCHFLAGS passes flags to it (cd bench && go run . -h lists them)
+bench: build
+	cd bench && $(GO) run . -bin ../bin/tokenvend $(BENCHFLAGS)
+
+## bench-go: Go benchmarks of the hot paths (cache hit; GetToken through the real
+## service in process), allocations included
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

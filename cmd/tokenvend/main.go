@@ -23,7 +23,7 @@ import (
 const usage = `usage:
   tokenvend serve --config FILE      run the service
   tokenvend check --config FILE      validate a config; exit non-zero naming every bad field
-  tokenvend demo [--grpc-addr A] [--http-addr A]
+  tokenvend demo [--grpc-addr A] [--http-addr A] [--token-lifetime D]
                                      run the service against built-in simulators
   tokenvend identityx send-link|login|api-token ...
                                      enrol an IdentityX credential (prints the token)
@@ -73,6 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "demo":
 		grpcAddr := fs.String("grpc-addr", config.DefaultGRPCAddr, "the gRPC listen address")
 		httpAddr := fs.String("http-addr", config.DefaultHTTPAddr, "the HTTP listen address")
+		lifetime := fs.Duration("token-lifetime", 0, "make the kyc simulator issue tokens this short-lived, to watch refreshes")
 		if err := parse(fs, args[1:], false); err != nil {
 			return err
 		}
@@ -81,6 +82,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer d.Close()
+		if *lifetime > 0 {
+			d.SetKYCTokenLifetime(*lifetime)
+		}
 		for provider, url := range d.Upstreams {
 			log.Info("demo upstream", "provider", provider, "protected_endpoint", url)
 		}

@@ -1,7 +1,9 @@
 // Package app wires the service together: it builds the providers from
 // the config, and serves the TokenService over gRPC (with health and
 // reflection) and over REST through grpc-gateway, with health, readiness,
-// the OpenAPI document and Prometheus metrics on the HTTP port.
+// the OpenAPI document and Prometheus metrics on the HTTP port. The gateway
+// calls the same Server in process, so caller policy, audit and tracing
+// apply to REST callers alike.
 package app
 
 import (
@@ -12,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -20,11 +23,9 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/test/bufconn"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/auth"
@@ -65,10 +66,7 @@ type App struct {
 	tel      *telemetry.Telemetry
 	grpcLn   net.Listener
 	httpLn   net.Listener
-	pipe     *bufconn.Listener
-	gwConn   *grpc.ClientConn
-	grpcSrv  *grpc.Server // the public gRPC port
-	pipeSrv  *grpc.Server // the gateway's, on the in-process pipe only
+	grpcSrv  *grpc.Server
 	httpSrv  *http.Server
 	health   *health.Server
 	broker   *broker.Broker
@@ -141,10 +139,15 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		}
 	}
 
-	stats := grpc.StatsHandler(otelgrpc.NewServerHandler(
-		otelgrpc.WithTracerProvider(a.tel.Tracer), otelgrpc.WithMeterProvider(a.tel.Meter),
-		otelgrpc.WithPropagators(a.tel.Propagators)))
-	opts := []grpc.ServerOption{stats, grpc.UnaryInterceptor(policy.PublicInterceptor())}
+	opts := []grpc.ServerOption{
+		grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(a.tel.Tracer), otelgrpc.WithMeterProvider(a.tel.Meter),
+			otelgrpc.WithPropagators(a.tel.Propagators))),
+		grpc.UnaryInterceptor(policy.Interceptor()),
+		// A fixed pool of stream workers instead of a goroutine per call,
+		// whose stack would grow on every call.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+	}
 	if tlsCfg != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
 	}
@@ -153,28 +156,12 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
 	reflection.Register(a.grpcSrv)
 
-	// The gateway reaches the TokenService through a real gRPC connection
-	// over an in-process pipe: REST calls take the same path as gRPC ones.
-	// Its server is a separate one, so the identity the gateway hands over
-	// is read only there, where no outside caller can reach.
-	a.pipeSrv = grpc.NewServer(stats, grpc.UnaryInterceptor(auth.GatewayInterceptor()))
-	tokenvendv1.RegisterTokenServiceServer(a.pipeSrv, srv)
-	a.pipe = bufconn.Listen(1 << 20)
-	a.gwConn, err = grpc.NewClient("passthrough:///tokenvend",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return a.pipe.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
-			otelgrpc.WithTracerProvider(a.tel.Tracer), otelgrpc.WithMeterProvider(a.tel.Meter),
-			otelgrpc.WithPropagators(a.tel.Propagators))))
-	if err != nil {
-		return nil, err
-	}
-	gw, err := newGateway(ctx, a.gwConn, policy)
+	gw, err := newGateway(ctx, srv)
 	if err != nil {
 		return nil, err
 	}
 	a.httpSrv = &http.Server{
-		Handler:           a.httpHandler(gw),
+		Handler:           a.httpHandler(policy.HTTP(gw)),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
@@ -213,9 +200,8 @@ func (a *App) providerHeld(provider string, held bool) {
 // NOT_SERVING, no new calls are accepted, in-flight ones finish (within
 // server.shutdown_timeout). It returns nil after a clean stop.
 func (a *App) Serve(ctx context.Context) error {
-	errc := make(chan error, 3)
+	errc := make(chan error, 2)
 	go func() { errc <- a.grpcSrv.Serve(a.grpcLn) }()
-	go func() { errc <- a.pipeSrv.Serve(a.pipe) }()
 	go func() { errc <- a.httpSrv.Serve(a.httpLn) }()
 	// Providers marked Keep log in now and are checked periodically, so a
 	// revoked credential shows in health without waiting for a caller.
@@ -243,12 +229,11 @@ func (a *App) Serve(ctx context.Context) error {
 		err = errors.Join(err, fmt.Errorf("http shutdown: %w", e))
 	}
 	stopped := make(chan struct{})
-	go func() { a.grpcSrv.GracefulStop(); a.pipeSrv.GracefulStop(); close(stopped) }()
+	go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
 	case <-sctx.Done():
 		a.grpcSrv.Stop()
-		a.pipeSrv.Stop()
 		err = errors.Join(err, errors.New("in-flight calls did not finish within server.shutdown_timeout"))
 	}
 	a.close()
@@ -262,9 +247,6 @@ func (a *App) Serve(ctx context.Context) error {
 // close releases what New acquired. Serve's servers close the listeners
 // too; closing twice is harmless.
 func (a *App) close() {
-	if a.gwConn != nil {
-		_ = a.gwConn.Close()
-	}
 	if a.grpcLn != nil {
 		_ = a.grpcLn.Close()
 	}

@@ -301,17 +301,24 @@ func TestCallerAuthentication(t *testing.T) {
 		})
 	}
 
-	t.Run("forged gateway identity/grpc", func(t *testing.T) {
-		_, err := m.grpcGet(t, caller{}, "kyc", "tokenvend-gateway-caller", billingID)
-		if status.Code(err) != codes.Unauthenticated {
-			t.Errorf("a gRPC caller sending the gateway's metadata key: got %v, want Unauthenticated", err)
+	// The REST side hands the identity to the Server in the request's
+	// context, never in metadata: no metadata or header a caller sends
+	// names it, whatever key it tries.
+	forged := []string{"tokenvend-gateway-caller", "tokenvend-caller", "x-caller-id", "x-forwarded-client-cert"}
+	t.Run("forged identity/grpc", func(t *testing.T) {
+		for _, key := range forged {
+			_, err := m.grpcGet(t, caller{}, "kyc", key, billingID)
+			if status.Code(err) != codes.Unauthenticated {
+				t.Errorf("a gRPC caller sending %s: got %v, want Unauthenticated", key, err)
+			}
 		}
 	})
-	t.Run("forged gateway identity/rest", func(t *testing.T) {
-		code, _, err := m.restGet(t, caller{}, "/v1/providers/kyc/token",
-			"Grpc-Metadata-Tokenvend-Gateway-Caller", billingID, "Tokenvend-Gateway-Caller", billingID)
-		if err != nil || code != http.StatusUnauthorized {
-			t.Errorf("a REST caller sending the metadata key as headers: got %d %v, want 401", code, err)
+	t.Run("forged identity/rest", func(t *testing.T) {
+		for _, key := range forged {
+			code, _, err := m.restGet(t, caller{}, "/v1/providers/kyc/token", "Grpc-Metadata-"+key, billingID, key, billingID)
+			if err != nil || code != http.StatusUnauthorized {
+				t.Errorf("a REST caller sending %s as headers: got %d %v, want 401", key, code, err)
+			}
 		}
 	})
 

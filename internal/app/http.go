@@ -6,29 +6,27 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tokenvend/tokenvend"
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
-	"github.com/tokenvend/tokenvend/internal/auth"
 )
 
-// newGateway returns the REST mirror of the TokenService. JSON uses the
-// proto field names (access_token, expire_time), as OAuth callers expect,
-// and a request body with an unknown field is refused, not half-read. The
-// caller's identity goes along as the policy establishes it; no HTTP
-// header is forwarded as metadata, so none can pose as that identity.
-func newGateway(ctx context.Context, conn *grpc.ClientConn, policy *auth.Policy) (http.Handler, error) {
+// newGateway returns the REST mirror of the TokenService, calling srv in
+// process. JSON uses the proto field names (access_token, expire_time), as
+// OAuth callers expect, and a request body with an unknown field is
+// refused, not half-read. No HTTP header is forwarded as gRPC metadata: the
+// caller's identity travels in the context (auth.Policy.HTTP), where no
+// header can reach.
+func newGateway(ctx context.Context, srv tokenvendv1.TokenServiceServer) (http.Handler, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
-		runtime.WithMetadata(policy.GatewayMetadata),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}),
 	)
-	if err := tokenvendv1.RegisterTokenServiceHandler(ctx, mux, conn); err != nil {
+	if err := tokenvendv1.RegisterTokenServiceHandlerServer(ctx, mux, srv); err != nil {
 		return nil, err
 	}
 	return mux, nil

@@ -203,3 +203,23 @@ func TestStartFailureIsAnError(t *testing.T) {
 		t.Errorf("got %v %v, want an error naming server.grpc_addr", a, err)
 	}
 }
+
+// TestDemoTokenLifetime: the demo's knob makes kyc tokens short-lived and
+// still served from the cache.
+func TestDemoTokenLifetime(t *testing.T) {
+	t.Parallel()
+	d, err := demo.Start("127.0.0.1:0", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	d.SetKYCTokenLifetime(20 * time.Second)
+	s := startConfig(t, nil, d.Config)
+	first := s.mustGet("kyc")
+	if left := time.Until(first.GetExpireTime().AsTime()); left > 20*time.Second || left < 15*time.Second {
+		t.Errorf("token lifetime: got %v left, want about 20s", left)
+	}
+	if again := s.mustGet("kyc"); again.GetAccessToken() != first.GetAccessToken() {
+		t.Error("a 20s token was not served from the cache (min_valid not lowered)")
+	}
+}

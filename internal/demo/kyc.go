@@ -2,6 +2,7 @@ package demo
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/tokenvend/tokenvend/internal/kycsim"
 )
@@ -22,4 +23,13 @@ func startKYC(d *Demo) (string, error) {
 	d.Upstreams["kyc"] = url + kycsim.ResourcePath
 	return fmt.Sprintf("  - name: kyc\n    kind: kyc\n    base_url: %q\n    username: %q\n    password: %q\n",
 		url, KYCUser, KYCPassword), nil
+}
+
+// SetKYCTokenLifetime makes the kyc simulator issue tokens that live
+// lifetime, and lowers cache.min_valid to a tenth of it so such a token is
+// still served from the cache past its refresh point: for watching
+// refreshes happen (`tokenvend demo --token-lifetime`, `make bench`).
+func (d *Demo) SetKYCTokenLifetime(lifetime time.Duration) {
+	d.Simulators["kyc"].(*kycsim.Server).SetLifetime(lifetime)
+	d.Config.Cache.MinValid = min(d.Config.Cache.MinValid, lifetime/10)
 }

@@ -10,6 +10,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -35,6 +37,7 @@ type Server struct {
 	// okAttrs are built once per provider: a successful GetToken is the
 	// hot path and must not allocate attribute sets.
 	okAttrs map[string]metric.AddOption
+	fps     map[string]*atomic.Pointer[fpMemo]
 }
 
 // New returns a Server answering from b to the callers policy allows.
@@ -44,8 +47,10 @@ func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, meter metric.M
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{broker: b, policy: policy, log: log, requests: requests, okAttrs: map[string]metric.AddOption{}}
+	s := &Server{broker: b, policy: policy, log: log, requests: requests,
+		okAttrs: map[string]metric.AddOption{}, fps: map[string]*atomic.Pointer[fpMemo]{}}
 	for _, p := range b.Providers() {
+		s.fps[p.Name] = &atomic.Pointer[fpMemo]{}
 		s.okAttrs[p.Name] = metric.WithAttributeSet(attribute.NewSet(
 			attribute.String("provider", p.Name), attribute.String("code", codes.OK.String())))
 	}
@@ -143,29 +148,54 @@ func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r br
 	case a.Token != nil || a.Outcome.Held:
 		result = a.Outcome.String()
 	}
-	attrs := []attribute.KeyValue{
-		attribute.String("caller", caller),
-		attribute.String("provider", r.Provider),
-		attribute.String("scope", scope),
-		attribute.String("subject", r.Subject),
-		attribute.String("code", code.String()),
-		attribute.String("result", result),
-	}
+	var fp, traceID string
 	if a.Token != nil {
-		attrs = append(attrs, attribute.String("token_sha256", Fingerprint(a.Token.AccessToken)))
+		fp = s.fingerprint(r.Provider, a.Token.AccessToken)
 	}
 	if sc := span.SpanContext(); sc.HasTraceID() {
-		attrs = append(attrs, attribute.String("trace_id", sc.TraceID().String()))
+		traceID = sc.TraceID().String()
+	}
+	attrs := make([]slog.Attr, 0, 8)
+	attrs = append(attrs, slog.String("caller", caller), slog.String("provider", r.Provider),
+		slog.String("scope", scope), slog.String("subject", r.Subject),
+		slog.String("code", code.String()), slog.String("result", result))
+	if fp != "" {
+		attrs = append(attrs, slog.String("token_sha256", fp))
+	}
+	if traceID != "" {
+		attrs = append(attrs, slog.String("trace_id", traceID))
 	}
 	if span.IsRecording() {
-		span.AddEvent("tokenvend.audit", trace.WithAttributes(attrs...))
+		kvs := make([]attribute.KeyValue, len(attrs))
+		for i, at := range attrs {
+			kvs[i] = attribute.String(at.Key, at.Value.String())
+		}
+		span.AddEvent("tokenvend.audit", trace.WithAttributes(kvs...))
 	}
-	logAttrs := make([]slog.Attr, 0, len(attrs))
-	for _, kv := range attrs {
-		logAttrs = append(logAttrs, slog.String(string(kv.Key), kv.Value.AsString()))
-	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "audit", logAttrs...)
+	// A record handed straight to the handler: the audit line is on the
+	// hot path, and Logger.LogAttrs would walk the stack for a source
+	// location it never prints.
+	rec := slog.NewRecord(time.Now(), slog.LevelInfo, "audit", 0)
+	rec.AddAttrs(attrs...)
+	_ = s.log.Handler().Handle(ctx, rec)
 }
+
+// fingerprint is Fingerprint, remembered per provider for the token it was
+// last computed for: a cached token is fingerprinted once, not per call.
+func (s *Server) fingerprint(provider, tok string) string {
+	memo := s.fps[provider]
+	if memo == nil {
+		return Fingerprint(tok)
+	}
+	if m := memo.Load(); m != nil && m.token == tok {
+		return m.sum
+	}
+	sum := Fingerprint(tok)
+	memo.Store(&fpMemo{token: tok, sum: sum})
+	return sum
+}
+
+type fpMemo struct{ token, sum string }
 
 // Fingerprint is a short SHA-256 fingerprint of a token: enough to match an
 // audit line to a token a caller shows, useless to replay.
