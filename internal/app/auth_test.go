@@ -250,6 +250,8 @@ func TestCallerAuthentication(t *testing.T) {
 		reason   string
 	}{
 		{"no certificate, no key", caller{}, "kyc", codes.Unauthenticated, "CALLER_UNIDENTIFIED"},
+		// Unidentified callers do not learn which providers exist.
+		{"no certificate, unknown provider", caller{}, "nope", codes.Unauthenticated, "CALLER_UNIDENTIFIED"},
 		// A client offers a certificate only if the server's CA list names
 		// its issuer: it connects unidentified.
 		{"certificate from another CA", caller{cert: &foreign}, "kyc", codes.Unauthenticated, "CALLER_UNIDENTIFIED"},

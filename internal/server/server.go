@@ -95,8 +95,12 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 }
 
 // getToken applies the caller policy, then asks the broker. It returns the
-// effective scope too, for the audit line.
+// effective scope too, for the audit line. An unidentified caller learns
+// nothing, not even whether the provider it names exists.
 func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, minValid *durationpb.Duration) (broker.Answer, string, error) {
+	if err := s.identified(caller); err != nil {
+		return broker.Answer{}, r.Scope, err
+	}
 	if minValid != nil {
 		if err := minValid.CheckValid(); err != nil {
 			return broker.Answer{}, r.Scope, &token.Error{Kind: token.KindInvalid, Reason: broker.ReasonInvalidMinValid,
@@ -121,15 +125,17 @@ const (
 	ReasonCallerNotAllowed   = "CALLER_NOT_ALLOWED"
 )
 
-// authorize checks the caller against the policy.
-func (s *Server) authorize(caller, provider, scope string, isDefault bool) error {
-	if !s.policy.Enforced() {
-		return nil
-	}
-	if caller == "" {
+// identified checks that the policy knows who is asking, when it must.
+func (s *Server) identified(caller string) error {
+	if s.policy.Enforced() && caller == "" {
 		return &token.Error{Kind: token.KindUnauthenticated, Reason: ReasonCallerUnidentified,
 			Message: "the caller is not identified: present a client certificate signed by the configured CA, or an API key in x-api-key"}
 	}
+	return nil
+}
+
+// authorize checks an identified caller's grants.
+func (s *Server) authorize(caller, provider, scope string, isDefault bool) error {
 	if !s.policy.Allowed(caller, provider, scope, isDefault) {
 		return &token.Error{Kind: token.KindDenied, Reason: ReasonCallerNotAllowed,
 			Message: fmt.Sprintf("caller %q may not get provider %q with scope %q: ask for a grant in the callers config", caller, provider, scope)}
@@ -220,8 +226,8 @@ func (s *Server) fail(ctx context.Context, provider string, code codes.Code, err
 // secrets.
 func (s *Server) ListProviders(ctx context.Context, _ *tokenvendv1.ListProvidersRequest) (*tokenvendv1.ListProvidersResponse, error) {
 	caller, _ := auth.CallerFrom(ctx)
-	if s.policy.Enforced() && caller == "" {
-		return nil, toStatus(s.authorize("", "", "", true), "")
+	if err := s.identified(caller); err != nil {
+		return nil, toStatus(err, "")
 	}
 	var resp tokenvendv1.ListProvidersResponse
 	for _, p := range s.broker.Providers() {
