@@ -97,9 +97,15 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
 	// Upstream calls are traced as client spans under the login span.
-	hc := &http.Client{Transport: otelhttp.NewTransport(http.DefaultTransport,
-		otelhttp.WithTracerProvider(a.tel.Tracer), otelhttp.WithMeterProvider(a.tel.Meter),
-		otelhttp.WithPropagators(a.tel.Propagators))}
+	hc := &http.Client{
+		Transport: otelhttp.NewTransport(http.DefaultTransport,
+			otelhttp.WithTracerProvider(a.tel.Tracer), otelhttp.WithMeterProvider(a.tel.Meter),
+			otelhttp.WithPropagators(a.tel.Propagators)),
+		// A login is never followed elsewhere: a 307 would re-post the
+		// password (and a TOTP code) to whatever host it names. The 3xx
+		// reaches the provider, which reports it as unavailable.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 	providers, err := buildProviders(cfg, deps{http: hc, now: o.Now, sleep: o.Sleep})
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package app_test
 import (
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -96,4 +97,45 @@ func TestErrorCodes(t *testing.T) {
 			t.Errorf("got %d %s, want 403", r.Status, r.Raw)
 		}
 	})
+}
+
+// TestUpstreamTimeoutIsUnavailable: an upstream that does not answer within
+// login_timeout is UNAVAILABLE with its ErrorInfo, not the caller's
+// DEADLINE_EXCEEDED (the caller had time left).
+func TestUpstreamTimeoutIsUnavailable(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	sim, url := kycSim(t, clk)
+	sim.SetFault(kycsim.Fault{Hang: true})
+	t.Cleanup(func() { sim.SetFault(kycsim.Fault{}) })
+	s := startService(t, clk, "cache:\n  login_timeout: 300ms\n  login_attempts: 1\nproviders:"+kycProvider("kyc", url, kycPassword))
+	_, err := s.get(&tokenvendv1.GetTokenRequest{Provider: "kyc"})
+	if code, info := errorInfo(t, err); code != codes.Unavailable || info.GetReason() != "UPSTREAM_UNAVAILABLE" {
+		t.Errorf("gRPC: got %v %s, want Unavailable UPSTREAM_UNAVAILABLE", code, info.GetReason())
+	}
+	if r := s.rest(http.MethodGet, "/v1/providers/kyc/token", ""); r.Status != http.StatusServiceUnavailable {
+		t.Errorf("REST: got %d %s, want 503", r.Status, r.Raw)
+	}
+}
+
+// TestLoginRedirectIsNotFollowed: an upstream answering the login with a
+// redirect does not get the password re-posted to the host it names.
+func TestLoginRedirectIsNotFollowed(t *testing.T) {
+	t.Parallel()
+	var stolen atomic.Int64
+	thief := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stolen.Add(1)
+		w.WriteHeader(http.StatusOK)
+	}))
+	redirector := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, thief+"/steal", http.StatusTemporaryRedirect)
+	}))
+	s := startService(t, newClock(), "providers:"+kycProvider("kyc", redirector, kycPassword))
+	_, err := s.get(&tokenvendv1.GetTokenRequest{Provider: "kyc"})
+	if code, _ := errorInfo(t, err); code != codes.Unavailable {
+		t.Errorf("got %v, want Unavailable", code)
+	}
+	if n := stolen.Load(); n != 0 {
+		t.Errorf("the redirect target got %d login(s) with the password, want 0", n)
+	}
 }

@@ -60,10 +60,11 @@ type Config struct {
 	// the upstream answers Account_Locked (10m, Ibanera's lock time).
 	LockoutHold time.Duration `yaml:"lockout_hold"`
 	// MaxFailedLogins is how many logins in a row the same credentials may
-	// fail before tokenvend stops sending them until they change (3). It
-	// must stay below the upstream's lockout threshold (5 failures): the
-	// cache's backoff spaces attempts out, but does not stop them, and a
-	// failure count that never decays would lock the account in the end.
+	// fail before tokenvend stops sending them until they change (2). The
+	// count is per process: times the replicas it must stay below the
+	// upstream's lockout threshold (5 failures). The cache's backoff spaces
+	// attempts out, but does not stop them, and a failure count that never
+	// decays would lock the account in the end.
 	MaxFailedLogins int `yaml:"max_failed_logins"`
 }
 
@@ -74,8 +75,9 @@ const (
 	// callers wait.
 	MaxSkewAllowance   = Step / 2
 	DefaultLockoutHold = 10 * time.Minute
-	// DefaultMaxFailedLogins stays below Ibanera's lock at 5 failures.
-	DefaultMaxFailedLogins = 3
+	// DefaultMaxFailedLogins keeps two replicas, each with its own count,
+	// below Ibanera's lock at 5 failures.
+	DefaultMaxFailedLogins = 2
 )
 
 // Step is the TOTP time step.
@@ -379,12 +381,18 @@ func (e *envelope) status() string {
 }
 
 func (c *Client) parse(status int, body []byte, issued time.Time) (*token.Token, error) {
-	if status >= 500 || status == http.StatusTooManyRequests {
-		return nil, upstream.Unexpected(status)
-	}
 	var env envelope
 	err := json.Unmarshal(body, &env)
 	st := env.status()
+	if status >= 500 || status == http.StatusTooManyRequests {
+		// A refusal of the account is a refusal whatever the HTTP code
+		// wrapped around it: retried as transient, it would count
+		// towards the lockout. Anything else on a 5xx or 429 is transient.
+		if err == nil && st == "0" && env.refusesAccount() {
+			return nil, c.rejection(&env)
+		}
+		return nil, upstream.Unexpected(status)
+	}
 	switch {
 	case (err != nil || st != "0" && st != "1") && status/100 == 2:
 		return nil, upstream.Garbage("an answer that is not an Ibanera envelope")
@@ -408,8 +416,8 @@ func (c *Client) parse(status int, body []byte, issued time.Time) (*token.Token,
 	if !headerSafe(d.AccessToken) {
 		return nil, upstream.Garbage("an accessToken that cannot go into a header")
 	}
-	if d.ExpiresIn <= 0 {
-		return nil, upstream.Garbage("a login answer without a positive expiresIn")
+	if d.ExpiresIn <= 0 || d.ExpiresIn > maxExpiresIn {
+		return nil, upstream.Garbage("a login answer without a plausible expiresIn")
 	}
 	// The refresh token is dropped: no endpoint takes it.
 	return &token.Token{
@@ -429,6 +437,22 @@ func headerSafe(s string) bool {
 		}
 	}
 	return true
+}
+
+// maxExpiresIn bounds a session's lifetime (a year, in seconds): a larger
+// value is garbage, and would overflow a time.Duration.
+const maxExpiresIn = 366 * 24 * 3600
+
+// refusesAccount reports whether the envelope names one of the codes that
+// refuse the account or its credentials.
+func (e *envelope) refusesAccount() bool {
+	for _, x := range e.Errors {
+		switch x.MessageCode {
+		case msgBadCredentials, msgNotVerified, msgLocked, msgSuppressed:
+			return true
+		}
+	}
+	return false
 }
 
 // Ibanera's documented message codes.

@@ -521,7 +521,15 @@ func TestAnswersAreReadByStatus(t *testing.T) {
 		{"200 without an envelope", ibanerasim.Fault{Status: 200, Body: `{"access_token":"S"}`},
 			token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},
 		{"not JSON", ibanerasim.Fault{Garbage: true}, token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},
+		// A refusal of the credentials is one whatever the HTTP code:
+		// retried as transient, it would count towards the lockout.
 		{"503 with a rejection envelope", ibanerasim.Fault{Status: 503, Body: `{"id":1,"details":null,"status":"0","errors":[{"fieldName":"","messageCode":"Username_Or_Password_Incorrect"}]}`},
+			token.KindRejected, token.ReasonCredentialsRejected, "Username_Or_Password_Incorrect"},
+		{"429 with a lock envelope", ibanerasim.Fault{Status: 429, Body: `{"id":1,"details":null,"status":"0","errors":[{"fieldName":"","messageCode":"Account_Locked"}]}`},
+			token.KindRejected, token.ReasonAccountLocked, "Account_Locked"},
+		{"503 with another envelope", ibanerasim.Fault{Status: 503, Body: `{"id":1,"details":null,"status":"0","errors":[{"fieldName":"","messageCode":"Internal_Error"}]}`},
+			token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},
+		{"implausible expiresIn", ibanerasim.Fault{Status: 200, Body: `{"id":1,"details":{"accessToken":"abc","expiresIn":10000000000},"status":"1","errors":[]}`},
 			token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},
 		{"429", ibanerasim.Fault{Status: 429, Body: `{}`}, token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},
 		{"404 page", ibanerasim.Fault{Status: 404, Body: `not found`}, token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},

@@ -34,14 +34,17 @@ var kindCodes = map[token.Kind]codes.Code{
 // provider (and the upstream's own code where there is one). The cause
 // (Error.Err) never leaves the service.
 func toStatus(err error, provider string) error {
+	// A classified error wins: an upstream that timed out is UNAVAILABLE
+	// even though a context error is its cause. Only a bare context error
+	// is the caller's own deadline or cancellation.
+	var e *token.Error
 	switch {
+	case errors.As(err, &e):
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "the request was cancelled")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "the caller's deadline passed before a token was ready")
-	}
-	var e *token.Error
-	if !errors.As(err, &e) {
+	default:
 		e = &token.Error{Kind: token.KindInternal, Reason: "INTERNAL", Message: "internal error"}
 	}
 	msg := e.Message
