@@ -20,6 +20,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -98,9 +99,11 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	}
 	// Upstream calls are traced as client spans under the login span.
 	hc := &http.Client{
+		// Upstreams are third parties: they get no trace context and no
+		// caller's baggage (an empty propagator injects nothing).
 		Transport: otelhttp.NewTransport(http.DefaultTransport,
 			otelhttp.WithTracerProvider(a.tel.Tracer), otelhttp.WithMeterProvider(a.tel.Meter),
-			otelhttp.WithPropagators(a.tel.Propagators)),
+			otelhttp.WithPropagators(propagation.NewCompositeTextMapPropagator())),
 		// A login is never followed elsewhere: a 307 would re-post the
 		// password (and a TOTP code) to whatever host it names. The 3xx
 		// reaches the provider, which reports it as unavailable.
@@ -231,9 +234,10 @@ func (a *App) Serve(ctx context.Context) error {
 
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.Server.ShutdownTimeout)
 	defer cancel()
-	if e := a.httpSrv.Shutdown(sctx); e != nil {
-		err = errors.Join(err, fmt.Errorf("http shutdown: %w", e))
-	}
+	// Both ports drain at once: neither keeps taking new calls while the
+	// other finishes.
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- a.httpSrv.Shutdown(sctx) }()
 	stopped := make(chan struct{})
 	go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
 	select {
@@ -241,6 +245,9 @@ func (a *App) Serve(ctx context.Context) error {
 	case <-sctx.Done():
 		a.grpcSrv.Stop()
 		err = errors.Join(err, errors.New("in-flight calls did not finish within server.shutdown_timeout"))
+	}
+	if e := <-httpDone; e != nil {
+		err = errors.Join(err, fmt.Errorf("http shutdown: %w", e))
 	}
 	a.close()
 	if e := a.tel.Shutdown(sctx); e != nil {

@@ -1,10 +1,15 @@
 package app_test
 
 import (
+	"context"
+	"google.golang.org/grpc/metadata"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -138,4 +143,48 @@ func TestLoginRedirectIsNotFollowed(t *testing.T) {
 	if n := stolen.Load(); n != 0 {
 		t.Errorf("the redirect target got %d login(s) with the password, want 0", n)
 	}
+}
+
+// TestOversizedBodyIsRefused: a REST body beyond 64 KiB is refused before
+// anything reads it whole, identified caller or not.
+func TestOversizedBodyIsRefused(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	_, url := kycSim(t, clk)
+	s := startService(t, clk, "providers:"+kycProvider("kyc", url, kycPassword))
+	body := `{"provider":"kyc","subject":"` + strings.Repeat("x", 1<<20) + `"}`
+	if r := s.rest(http.MethodPost, "/v1/token", body); r.Status != http.StatusBadRequest {
+		t.Errorf("1 MiB body: got %d, want 400", r.Status)
+	}
+}
+
+// TestUpstreamsGetNoTraceContext: an upstream is a third party: a login
+// carries neither the trace context nor a caller's baggage.
+func TestUpstreamsGetNoTraceContext(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	sim, _ := kycSim(t, clk)
+	var seen sync.Map
+	url := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, h := range []string{"Traceparent", "Tracestate", "Baggage"} {
+			if v := r.Header.Get(h); v != "" {
+				seen.Store(h, v)
+			}
+		}
+		sim.ServeHTTP(w, r)
+	}))
+	s := startService(t, clk, "providers:"+kycProvider("kyc", url, kycPassword))
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(),
+		"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "baggage", "tenant=secret-tenant"), 10*time.Second)
+	defer cancel()
+	if _, err := s.client.GetToken(ctx, &tokenvendv1.GetTokenRequest{Provider: "kyc"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.spans.GetSpans()) == 0 {
+		t.Fatal("no spans recorded: the test would prove nothing")
+	}
+	seen.Range(func(k, v any) bool {
+		t.Errorf("the upstream got %s: %v", k, v)
+		return true
+	})
 }

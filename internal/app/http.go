@@ -15,9 +15,9 @@ import (
 // newGateway returns the REST mirror of the TokenService, calling srv in
 // process. JSON uses the proto field names (access_token, expire_time), as
 // OAuth callers expect, and a request body with an unknown field is
-// refused, not half-read. No HTTP header is forwarded as gRPC metadata: the
-// caller's identity travels in the context (auth.Policy.HTTP), where no
-// header can reach.
+// refused, not half-read. The caller's identity travels in the context
+// (auth.Policy.HTTP), where no header can reach; the header matcher keeps
+// what a caller sends out of the metadata the Server sees.
 func newGateway(ctx context.Context, srv tokenvendv1.TokenServiceServer) (http.Handler, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
@@ -36,7 +36,7 @@ func newGateway(ctx context.Context, srv tokenvendv1.TokenServiceServer) (http.H
 // operational endpoints beside it.
 func (a *App) httpHandler(gw http.Handler) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", otelhttp.NewHandler(gw, "tokenvend.rest",
+	mux.Handle("/v1/", otelhttp.NewHandler(limitBody(gw), "tokenvend.rest",
 		otelhttp.WithTracerProvider(a.tel.Tracer), otelhttp.WithMeterProvider(a.tel.Meter),
 		otelhttp.WithPropagators(a.tel.Propagators)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -61,4 +61,15 @@ func writeText(w http.ResponseWriter, status int, body string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(body))
+}
+
+// maxRequestBody bounds a REST request body: a GetToken request is a few
+// hundred bytes, and the body is read before the caller is identified.
+const maxRequestBody = 64 << 10
+
+func limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
+		next.ServeHTTP(w, r)
+	})
 }

@@ -70,7 +70,9 @@ func (p *Policy) Enforced() bool { return p.enforced }
 // false when the caller is not identified.
 func (p *Policy) Identify(cert *x509.Certificate, apiKey string) (id string, ok bool) {
 	if cert != nil {
-		if id := CertID(cert); id != "" {
+		// A certificate cannot claim the identity of a caller that is
+		// configured to prove itself with an API key.
+		if id := CertID(cert); id != "" && (p.byID[id] == nil || p.byID[id].keyHash == nil) {
 			return id, true
 		}
 	}

@@ -90,3 +90,16 @@ func TestIdentify(t *testing.T) {
 		}
 	}
 }
+
+// TestCertificateCannotClaimKeyCaller: a certificate whose CN names a
+// caller that proves itself with an API key is not that caller.
+func TestCertificateCannotClaimKeyCaller(t *testing.T) {
+	t.Parallel()
+	p := New([]config.Caller{{ID: "key:reporting", APIKeySHA256: hash("k")}})
+	if id, ok := p.Identify(&x509.Certificate{Subject: pkix.Name{CommonName: "key:reporting"}}, ""); ok {
+		t.Errorf("got %q identified by a certificate, want not identified", id)
+	}
+	if id, ok := p.Identify(&x509.Certificate{Subject: pkix.Name{CommonName: "key:reporting"}}, "k"); !ok || id != "key:reporting" {
+		t.Errorf("with the key too: got %q %v, want key:reporting", id, ok)
+	}
+}

@@ -111,6 +111,9 @@ func (c *Config) validateAccess() []error {
 			if !providers[g.Provider] {
 				errs = append(errs, Errorf(Join(gpath, "provider"), "no provider named %q is configured", g.Provider))
 			}
+			if g.Scopes != nil && len(g.Scopes) == 0 {
+				errs = append(errs, Errorf(Join(gpath, "scopes"), "an empty list grants nothing: leave scopes out for the default scope, or list the scopes"))
+			}
 			for k, s := range g.Scopes {
 				if s == "" || strings.Contains(strings.TrimSuffix(s, "*"), "*") {
 					errs = append(errs, Errorf(fmt.Sprintf("%s.scopes[%d]", gpath, k), "must be a scope, \"*\", or a prefix ending in \"*\""))

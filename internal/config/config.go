@@ -192,6 +192,8 @@ func (c *Config) validate() error {
 	check(c.Server.ShutdownTimeout > 0, "server.shutdown_timeout", "must be positive")
 	check(c.Cache.RefreshBefore > 0, "cache.refresh_before", "must be positive")
 	check(c.Cache.MinValid >= 0, "cache.min_valid", "must not be negative")
+	check(c.Cache.RefreshBefore <= 0 || c.Cache.RefreshBefore > c.Cache.MinValid, "cache.refresh_before",
+		"must be longer than cache.min_valid: a refresh must start before callers stop getting the token")
 	check(c.Cache.RejectBackoff > 0, "cache.reject_backoff", "must be positive")
 	check(c.Cache.MaxRejectBackoff >= c.Cache.RejectBackoff, "cache.max_reject_backoff", "must be at least cache.reject_backoff")
 	check(c.Cache.LoginTimeout > 0, "cache.login_timeout", "must be positive")

@@ -812,3 +812,19 @@ providers:
 		t.Errorf("unreadable certificate: got %v, want it named", err)
 	}
 }
+
+func TestRefreshBeforeMustExceedMinValid(t *testing.T) {
+	t.Parallel()
+	_, err := config.Parse([]byte("cache:\n  refresh_before: 10s\n  min_valid: 30s\nproviders:\n  - {name: a, kind: k}\n"))
+	if err == nil || !strings.Contains(err.Error(), "cache.refresh_before: must be longer than cache.min_valid") {
+		t.Errorf("refresh_before below min_valid: got %v, want it refused", err)
+	}
+}
+
+func TestEmptyScopeListIsRefused(t *testing.T) {
+	t.Parallel()
+	_, err := config.Parse([]byte("callers:\n  - {id: key:a, api_key_sha256: " + strings.Repeat("ab", 32) + ", allow: [{provider: a, scopes: []}]}\nproviders:\n  - {name: a, kind: k}\n"))
+	if err == nil || !strings.Contains(err.Error(), "callers[0].allow[0].scopes: an empty list grants nothing") {
+		t.Errorf("scopes: []: got %v, want it refused", err)
+	}
+}

@@ -68,14 +68,15 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 	r := broker.Request{Provider: req.GetProvider(), Scope: req.GetScope(), Subject: req.GetSubject()}
 	a, scope, err := s.getToken(ctx, caller, r, req.GetMinValidFor())
 	code := codes.OK
+	var st error
 	if err != nil {
-		err = toStatus(err, req.GetProvider())
-		code = status.Code(err)
+		st = toStatus(err, req.GetProvider())
+		code = status.Code(st)
 	}
 	s.audit(ctx, span, caller, r, scope, code, a)
 	if err != nil {
 		s.fail(ctx, req.GetProvider(), code, err)
-		return nil, err
+		return nil, st
 	}
 	s.requests.Add(ctx, 1, s.okAttrs[req.GetProvider()])
 	t := a.Token
@@ -210,7 +211,8 @@ func Fingerprint(tok string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// fail counts and logs a failed GetToken.
+// fail counts a failed GetToken, and logs the cause of an internal one
+// (which the caller is not told).
 func (s *Server) fail(ctx context.Context, provider string, code codes.Code, err error) {
 	if _, known := s.okAttrs[provider]; !known {
 		provider = "" // a caller's typo must not mint a new metric series

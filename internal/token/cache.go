@@ -23,7 +23,9 @@ type Options struct {
 	Provider, Kind string
 	// RefreshBefore starts a background refresh this long before a cached
 	// token expires (5m). A token whose whole lifetime is shorter than
-	// twice this is refreshed at half its life instead.
+	// twice this is refreshed at half its life instead, and one too short
+	// for that to come before MinValid, halfway through the time it can be
+	// handed out.
 	RefreshBefore time.Duration
 	// MinValid is the least validity a cached token needs to be handed out
 	// (30s).
@@ -154,13 +156,17 @@ type entry struct {
 }
 
 // call is one login shared by every caller that waits on it. It runs on a
-// context of its own, so a caller that gives up does not fail the others;
-// when the last waiter leaves a foreground login, it is cancelled.
+// context of its own, bounded by LoginTimeout, so a caller that gives up
+// fails no one else. Nor is it cancelled when every caller has given up:
+// an attempt the upstream has already received may count against the
+// account, so its answer (a token, or a rejection to hold) must land. An
+// abandoned login only starts no further retries.
 type call struct {
 	done       chan struct{}
 	tok        *Token
 	err        error
 	waiters    int
+	abandoned  bool // every waiter left; guarded by Cache.mu
 	cancel     context.CancelFunc
 	background bool
 }
@@ -244,6 +250,7 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		cl = c.startLocked(ctx, k, e, false)
 	}
 	cl.waiters++
+	cl.abandoned = false
 	c.mu.Unlock()
 
 	out := Outcome{Shared: shared}
@@ -254,14 +261,7 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 	case <-ctx.Done():
 		c.mu.Lock()
 		cl.waiters--
-		if cl.waiters == 0 && !cl.background {
-			// Nobody wants this login any more: stop it, and let the next
-			// caller start a fresh one rather than join a cancelled one.
-			cl.cancel()
-			if e.call == cl {
-				e.call = nil
-			}
-		}
+		cl.abandoned = cl.waiters == 0 && !cl.background
 		c.mu.Unlock()
 		return nil, out, ctx.Err()
 	}
@@ -308,7 +308,7 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token)
 	}
 	ctx, span := c.o.Tracer.Start(ctx, "tokenvend.login", opts...)
 	start := time.Now()
-	tok, err := c.login(ctx, Request{Scope: k.Scope, Subject: k.Subject, Previous: prev})
+	tok, err := c.login(ctx, cl, Request{Scope: k.Scope, Subject: k.Subject, Previous: prev})
 	c.o.Metrics.login(ctx, c.o.Provider, time.Since(start), err)
 	if err != nil {
 		span.SetStatus(codes.Error, safeMessage(err))
@@ -348,15 +348,17 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token)
 	}
 	if err != nil && cl.background && e.tok != nil {
 		e.refreshFailures++
-		e.refreshAt = now.Add(min(refreshRetryFirst<<(e.refreshFailures-1), refreshRetryMax))
+		// The shift is capped: after a long outage it would overflow.
+		e.refreshAt = now.Add(min(refreshRetryFirst<<min(e.refreshFailures-1, 8), refreshRetryMax))
 	}
 	cl.tok, cl.err = tok, err
 	close(cl.done)
 }
 
 // login asks the source, retrying transient failures with exponential
-// backoff and jitter while the login's context allows.
-func (c *Cache) login(ctx context.Context, r Request) (*Token, error) {
+// backoff and jitter while the login's context allows and someone still
+// waits for it.
+func (c *Cache) login(ctx context.Context, cl *call, r Request) (*Token, error) {
 	wait := c.o.RetryBase
 	for attempt := 1; ; attempt++ {
 		tok, err := c.src.Token(ctx, r)
@@ -370,7 +372,10 @@ func (c *Cache) login(ctx context.Context, r Request) (*Token, error) {
 			return tok, nil
 		}
 		err = classify(ctx, err)
-		if KindOf(err) != KindUnavailable || attempt >= c.o.LoginAttempts {
+		c.mu.Lock()
+		abandoned := cl.abandoned
+		c.mu.Unlock()
+		if KindOf(err) != KindUnavailable || attempt >= c.o.LoginAttempts || abandoned {
 			return nil, err
 		}
 		d := wait/2 + rand.N(wait/2+1)
@@ -408,8 +413,15 @@ func (c *Cache) refreshAt(tok *Token, now time.Time) time.Time {
 		issued = now
 	}
 	var at time.Time
-	if !tok.Expiry.IsZero() {
-		lead := min(c.o.RefreshBefore, tok.Expiry.Sub(issued)/2)
+	if life := tok.Expiry.Sub(issued); !tok.Expiry.IsZero() {
+		lead := min(c.o.RefreshBefore, life/2)
+		if lead <= c.o.MinValid && life > c.o.MinValid {
+			// Callers stop getting the token MinValid before it expires:
+			// a refresh due later would never start before someone had
+			// to wait for a login. Refresh halfway through the time the
+			// token can be handed out instead.
+			lead = c.o.MinValid + (life-c.o.MinValid)/2
+		}
 		at = tok.Expiry.Add(-lead)
 	}
 	if tok.CheckEvery > 0 {

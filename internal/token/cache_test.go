@@ -885,10 +885,13 @@ func TestCacheCancellation(t *testing.T) {
 			return context.WithDeadline(ctx, time.Now().Add(-time.Second))
 		}, false, context.DeadlineExceeded},
 	} {
-		t.Run("the last caller leaving ("+tc.name+") cancels the login", func(t *testing.T) {
+		t.Run("the last caller leaving ("+tc.name+") lets the login land", func(t *testing.T) {
+			// The upstream may already have counted the attempt: its
+			// answer must land (a token cached, a rejection held), or the
+			// next caller would send the same credentials again.
 			t.Parallel()
 			c, src, _ := newTestCache(t, nil)
-			src.block(t)
+			release := src.block(t)
 			k := Key{}
 			cctx, cancel := tc.ctx()
 			defer cancel()
@@ -900,15 +903,15 @@ func TestCacheCancellation(t *testing.T) {
 			if r := recv(t, ch); r.err != tc.wantErr {
 				t.Errorf("caller: got %v, want %v", r.err, tc.wantErr)
 			}
-			waitFor(t, "the source to see its context end", func() bool { return src.cancels() == 1 })
-
-			src.unblock()
+			waitFor(t, "the login to reach the source", func() bool { return src.calls() == 1 })
+			release()
+			waitFor(t, "the abandoned login to land", func() bool { return c.State().Valid })
 			tok, out := mustGet(t, c, k, 0)
-			if tok.AccessToken != "tok-2" || out != (Outcome{}) {
-				t.Errorf("next Get: got %q %+v, want a fresh login tok-2", tok.AccessToken, out)
+			if tok.AccessToken != "tok-1" || !out.Hit {
+				t.Errorf("next Get: got %q %+v, want the abandoned login's tok-1 as a hit", tok.AccessToken, out)
 			}
-			if got := src.calls(); got != 2 {
-				t.Errorf("source calls: got %d, want 2", got)
+			if src.calls() != 1 || src.cancels() != 0 {
+				t.Errorf("source: %d calls, %d cancelled; want 1 call, none cancelled", src.calls(), src.cancels())
 			}
 		})
 	}
@@ -1092,4 +1095,79 @@ func TestOutcomeString(t *testing.T) {
 			t.Errorf("%+v.String(): got %q, want %q", tc.out, got, tc.want)
 		}
 	}
+}
+
+// TestCacheAbandonedRejectionIsHeld: callers that give up before a slow
+// rejection arrives do not make the cache send the credentials again: the
+// rejection lands and is held, and an abandoned login starts no retries.
+func TestCacheAbandonedRejectionIsHeld(t *testing.T) {
+	t.Parallel()
+	c, src, _ := newTestCache(t, nil)
+	release := src.block(t)
+	src.setAnswer(func(n int, r Request) (*Token, error) { return nil, rejected() })
+	for range 10 {
+		cctx, cancel := context.WithCancel(context.Background())
+		ch := goGet(cctx, c, Key{}, 0)
+		waitFor(t, "the login to reach the source", func() bool { return src.calls() >= 1 })
+		cancel()
+		if r := recv(t, ch); r.err != context.Canceled {
+			t.Fatalf("caller: got %v, want context.Canceled", r.err)
+		}
+	}
+	release()
+	waitFor(t, "the rejection to be held", func() bool { return c.State().Held != nil })
+	if _, out, err := c.Get(context.Background(), Key{}, 0); KindOf(err) != KindRejected || !out.Held {
+		t.Errorf("after the abandoned rejection: got %v %+v, want the held rejection", err, out)
+	}
+	if got := src.calls(); got != 1 {
+		t.Errorf("source calls: got %d, want 1 (ten callers gave up on one login)", got)
+	}
+}
+
+// TestCacheAbandonedLoginStopsRetrying: a transient failure of a login
+// nobody waits for any more is not retried.
+func TestCacheAbandonedLoginStopsRetrying(t *testing.T) {
+	t.Parallel()
+	c, src, _ := newTestCache(t, func(o *Options) { o.LoginAttempts = 5 })
+	release := src.block(t)
+	src.setAnswer(func(n int, r Request) (*Token, error) { return nil, Unavailable("down", nil) })
+	cctx, cancel := context.WithCancel(context.Background())
+	ch := goGet(cctx, c, Key{}, 0)
+	waitFor(t, "the login to reach the source", func() bool { return src.calls() == 1 })
+	cancel()
+	recv(t, ch)
+	release()
+	waitFor(t, "the login to end", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		e := c.entries[Key{}]
+		return e != nil && e.call == nil
+	})
+	if got := src.calls(); got != 1 {
+		t.Errorf("source calls: got %d, want 1 (no retries for nobody)", got)
+	}
+}
+
+// TestCacheShortTokensRefreshBeforeCallersWait: a token so short that half
+// its life is within MinValid of its expiry is refreshed early enough that
+// no caller waits for the login.
+func TestCacheShortTokensRefreshBeforeCallersWait(t *testing.T) {
+	t.Parallel()
+	c, src, clk := newTestCache(t, func(o *Options) {
+		o.MinValid = 30 * time.Second
+		o.RefreshBefore = 5 * time.Minute
+	})
+	src.setAnswer(issue(clk, 50*time.Second))
+	first, _ := mustGet(t, c, Key{}, 0)
+	// 50s tokens are handed out for 20s (MinValid 30s): the refresh is due
+	// halfway, 10s after the login.
+	clk.Advance(11 * time.Second)
+	if tok, out := mustGet(t, c, Key{}, 0); tok != first || !out.Hit {
+		t.Fatalf("at 11s: got %q %+v, want the first token as a hit, starting the refresh", tok.AccessToken, out)
+	}
+	waitFor(t, "the background refresh", func() bool { return src.calls() == 2 })
+	waitFor(t, "the refreshed token", func() bool {
+		tok, out := mustGet(t, c, Key{}, 0)
+		return tok != first && out.Hit
+	})
 }

@@ -34,13 +34,17 @@ func (c *Cache) Keep(ctx context.Context, k Key) {
 			c.mu.Unlock()
 			if cl != nil {
 				// Get started the due refresh: its outcome decides what
-				// comes next.
+				// comes next. A failed one backs off below, rather than
+				// asking again at once.
 				select {
 				case <-cl.done:
-					continue
 				case <-ctx.Done():
 					return
 				}
+				if cl.err == nil {
+					continue
+				}
+				break
 			}
 			if !cached {
 				// The refresh Get started has already ended, and a
