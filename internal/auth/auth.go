@@ -127,9 +127,6 @@ func (p *Policy) Allowed(id, provider, scope string, isDefault bool) bool {
 	return false
 }
 
-// Known reports whether id is a configured caller.
-func (p *Policy) Known(id string) bool { return p.byID[id] != nil }
-
 // match reports whether scope matches a pattern: "*", a prefix ending in
 // "*", or the exact scope.
 func match(pattern, scope string) bool {
