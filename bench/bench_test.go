@@ -10,6 +10,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jhump/protoreflect/desc"
+	"github.com/jhump/protoreflect/dynamic"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
+
+	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 )
 
 func TestPercentile(t *testing.T) {
@@ -158,5 +165,30 @@ func TestTableWrite(t *testing.T) {
 	}
 	if !strings.Contains(lines[1], "---:") {
 		t.Errorf("separator %q: want the number columns right-aligned", lines[1])
+	}
+}
+
+// The codec decodes a reply ghz wants as a dynamic message into the
+// generated type, and still refuses one that does not parse.
+func TestGeneratedCodec(t *testing.T) {
+	t.Parallel()
+	md, err := desc.LoadMessageDescriptorForMessage(&tokenvendv1.GetTokenResponse{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newGeneratedCodec()
+	wire, err := proto.Marshal(&tokenvendv1.GetTokenResponse{AccessToken: "t", Headers: map[string]string{"a": "b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, dynamic.NewMessage(md)); err != nil {
+		t.Fatalf("a GetTokenResponse: %v", err)
+	}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer([]byte{0x0a, 0x05, 'x'})}, dynamic.NewMessage(md)); err == nil {
+		t.Fatal("a truncated reply decoded without an error")
+	}
+	var generated tokenvendv1.GetTokenResponse
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, &generated); err != nil || generated.GetHeaders()["a"] != "b" {
+		t.Fatalf("into a generated message: %v, %v", err, &generated)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bojand/ghz/runner"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -124,6 +125,7 @@ func grpcLoad(addr, call string, req proto.Message, connections int) load {
 			// (the default cancels them, which would count as errors).
 			runner.WithDurationStopAction("ignore"),
 			runner.WithTimeout(10*time.Second),
+			runner.WithDefaultCallOptions([]grpc.CallOption{grpc.ForceCodecV2(newGeneratedCodec())}),
 		)
 		if err != nil {
 			return sample{}, fmt.Errorf("ghz %s: %.300s", call, err)

@@ -132,8 +132,8 @@ func BenchmarkGetTokenGRPC(b *testing.B) {
 }
 
 // BenchmarkGetTokenREST is a cached GetToken through the REST gateway
-// (which reaches the TokenService over an in-process gRPC connection),
-// beside /healthz on the same HTTP port.
+// (which calls the TokenService in process), beside /healthz on the same
+// HTTP port.
 func BenchmarkGetTokenREST(b *testing.B) {
 	for _, path := range []string{"/v1/providers/kyc/token", "/healthz"} {
 		b.Run(path, func(b *testing.B) {

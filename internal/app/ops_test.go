@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -222,4 +223,42 @@ func TestDemoTokenLifetime(t *testing.T) {
 	if again := s.mustGet("kyc"); again.GetAccessToken() != first.GetAccessToken() {
 		t.Error("a 20s token was not served from the cache (min_valid not lowered)")
 	}
+}
+
+// TestRESTHopIsTraced: with tracing on, a REST call is a server span that
+// continues the caller's trace and carries the audit event.
+func TestRESTHopIsTraced(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	_, url := kycSim(t, clk)
+	s := startService(t, clk, "providers:"+kycProvider("kyc", url, kycPassword))
+	const traceID, parentID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	req, err := http.NewRequest(http.MethodGet, s.base+"/v1/providers/kyc/token", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Traceparent", "00-"+traceID+"-"+parentID+"-01")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET: %s", resp.Status)
+	}
+	for _, sp := range s.spans.GetSpans() {
+		if sp.SpanKind != trace.SpanKindServer {
+			continue
+		}
+		if sp.SpanContext.TraceID().String() != traceID || sp.Parent.SpanID().String() != parentID {
+			t.Errorf("REST span %q: trace %s, parent %s; want it in the caller's trace", sp.Name, sp.SpanContext.TraceID(), sp.Parent.SpanID())
+		}
+		for _, e := range sp.Events {
+			if e.Name == "tokenvend.audit" {
+				return
+			}
+		}
+		t.Fatalf("the REST span %q has no tokenvend.audit event", sp.Name)
+	}
+	t.Fatalf("no server span among %d", len(s.spans.GetSpans()))
 }

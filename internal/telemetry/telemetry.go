@@ -27,7 +27,10 @@ import (
 
 // Telemetry is the service's tracing and metrics.
 type Telemetry struct {
-	Tracer      trace.TracerProvider
+	Tracer trace.TracerProvider
+	// Tracing is whether spans go anywhere: instrumentation whose only
+	// output is spans can be left out when they don't.
+	Tracing     bool
 	Meter       metric.MeterProvider
 	Propagators propagation.TextMapPropagator
 	// Metrics serves /metrics.
@@ -59,7 +62,7 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 	switch {
 	case o.SpanExporter != nil:
 		tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(o.SpanExporter), sdktrace.WithResource(res))
-		t.Tracer = tp
+		t.Tracer, t.Tracing = tp, true
 		t.shutdown = append(t.shutdown, tp.Shutdown)
 	case os.Getenv("OTEL_TRACES_EXPORTER") == "" || os.Getenv("OTEL_SDK_DISABLED") == "true":
 		t.Tracer = noop.NewTracerProvider()
@@ -73,7 +76,7 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 			break
 		}
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
-		t.Tracer = tp
+		t.Tracer, t.Tracing = tp, true
 		t.shutdown = append(t.shutdown, tp.Shutdown)
 	}
 
