@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -26,59 +25,127 @@ type server struct {
 	httpAddr string
 	exited   chan struct{}
 	waitErr  error
-	tail     *tailBuffer // the last of what it wrote to stderr, for errors
+	log      *os.File // what it writes to stderr (its log, an audit line per call)
+	done     chan struct{}
+	cleaned  sync.Once
 }
+
+// The server's log goes to a file that no one reads while it runs, as a
+// container runtime's log file would: a pipe read by the harness would put
+// the reader's work, on the same CPUs, on the calls that log (GetToken
+// writes an audit line; the health checks write none). The file is
+// emptied when it passes logLimit, so a long run does not fill the disk.
+const logLimit = 64 << 20
 
 // startServer runs bin with args (which must make it listen on port 0)
 // and waits for its "tokenvend serving" log line, which names the
 // addresses it listens on.
 func startServer(bin string, args ...string) (*server, error) {
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=") // as `make run`: no tracing
-	stderr, err := cmd.StderrPipe()
+	log, err := os.CreateTemp("", "tokenvend-bench-*.log")
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	// The server appends: when the harness empties the file, its next
+	// line goes at the start, not after a hole.
+	stderr, err := os.OpenFile(log.Name(), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		log.Close()
+		os.Remove(log.Name())
 		return nil, err
 	}
-	s := &server{cmd: cmd, exited: make(chan struct{}), tail: &tailBuffer{max: 8 << 10}}
-	ready := make(chan [2]string, 1)
+	defer stderr.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=") // as `make run`: no tracing
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		os.Remove(log.Name())
+		return nil, err
+	}
+	s := &server{cmd: cmd, exited: make(chan struct{}), log: log, done: make(chan struct{})}
 	go func() {
-		// Read line by line until the service says where it listens; then
-		// drain the rest cheaply (an audit log may write a line per call).
-		r := bufio.NewReaderSize(stderr, 64<<10)
-		for {
-			line, err := r.ReadBytes('\n')
-			_, _ = s.tail.Write(line)
-			var rec struct {
-				Msg      string `json:"msg"`
-				GRPCAddr string `json:"grpc_addr"`
-				HTTPAddr string `json:"http_addr"`
-			}
-			if json.Unmarshal(line, &rec) == nil && rec.Msg == "tokenvend serving" {
-				ready <- [2]string{rec.GRPCAddr, rec.HTTPAddr}
-				break
-			}
-			if err != nil {
-				break
-			}
-		}
-		_, _ = io.Copy(s.tail, r)
 		s.waitErr = cmd.Wait()
 		close(s.exited)
 	}()
-	select {
-	case addrs := <-ready:
-		s.grpcAddr, s.httpAddr = addrs[0], addrs[1]
-		return s, nil
-	case <-s.exited:
-		return nil, fmt.Errorf("%s %s exited before serving (%v):\n%s", bin, strings.Join(args, " "), s.waitErr, s.tail)
-	case <-time.After(20 * time.Second):
-		_ = cmd.Process.Kill()
-		<-s.exited
-		return nil, fmt.Errorf("%s %s did not start serving within 20s:\n%s", bin, strings.Join(args, " "), s.tail)
+	go s.bound()
+
+	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if addrs, ok := s.serving(); ok {
+			s.grpcAddr, s.httpAddr = addrs[0], addrs[1]
+			return s, nil
+		}
+		select {
+		case <-s.exited:
+			defer s.cleanup()
+			return nil, fmt.Errorf("%s %s exited before serving (%v):\n%s", bin, strings.Join(args, " "), s.waitErr, s.tail())
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			<-s.exited
+			defer s.cleanup()
+			return nil, fmt.Errorf("%s %s did not start serving within 20s:\n%s", bin, strings.Join(args, " "), s.tail())
+		case <-tick.C:
+		}
 	}
+}
+
+// serving looks for the "tokenvend serving" line in the log so far.
+func (s *server) serving() ([2]string, bool) {
+	b, err := os.ReadFile(s.log.Name())
+	if err != nil {
+		return [2]string{}, false
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var rec struct {
+			Msg      string `json:"msg"`
+			GRPCAddr string `json:"grpc_addr"`
+			HTTPAddr string `json:"http_addr"`
+		}
+		if json.Unmarshal(line, &rec) == nil && rec.Msg == "tokenvend serving" {
+			return [2]string{rec.GRPCAddr, rec.HTTPAddr}, true
+		}
+	}
+	return [2]string{}, false
+}
+
+// bound empties the log whenever it passes logLimit, until the server
+// is cleaned up.
+func (s *server) bound() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			if fi, err := s.log.Stat(); err == nil && fi.Size() > logLimit {
+				_ = s.log.Truncate(0)
+			}
+		}
+	}
+}
+
+// tail is the end of the log, for errors.
+func (s *server) tail() string {
+	const max = 8 << 10
+	fi, err := s.log.Stat()
+	if err != nil {
+		return err.Error()
+	}
+	b := make([]byte, min(fi.Size(), max))
+	n, _ := s.log.ReadAt(b, fi.Size()-int64(len(b)))
+	return string(bytes.TrimSpace(b[:n]))
+}
+
+// cleanup removes the log file.
+func (s *server) cleanup() {
+	s.cleaned.Do(func() {
+		close(s.done)
+		s.log.Close()
+		os.Remove(s.log.Name())
+	})
 }
 
 // pid is the server's process id.
@@ -86,6 +153,7 @@ func (s *server) pid() int { return s.cmd.Process.Pid }
 
 // stop sends SIGTERM and waits for a graceful exit (killing it after 20s).
 func (s *server) stop() error {
+	defer s.cleanup()
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.exited:
@@ -95,7 +163,7 @@ func (s *server) stop() error {
 		return errors.New("tokenvend did not stop within 20s of SIGTERM")
 	}
 	if s.waitErr != nil {
-		return fmt.Errorf("tokenvend exited: %v\n%s", s.waitErr, s.tail)
+		return fmt.Errorf("tokenvend exited: %v\n%s", s.waitErr, s.tail())
 	}
 	return nil
 }
@@ -104,7 +172,7 @@ func (s *server) stop() error {
 func (s *server) alive() error {
 	select {
 	case <-s.exited:
-		return fmt.Errorf("tokenvend exited during the run (%v):\n%s", s.waitErr, s.tail)
+		return fmt.Errorf("tokenvend exited during the run (%v):\n%s", s.waitErr, s.tail())
 	default:
 		return nil
 	}
@@ -250,27 +318,4 @@ func selfCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(bytes.TrimSpace(t.b))
 }
