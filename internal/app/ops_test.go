@@ -262,3 +262,39 @@ func TestRESTHopIsTraced(t *testing.T) {
 	}
 	t.Fatalf("no server span among %d", len(s.spans.GetSpans()))
 }
+
+// TestRequestAndLookupCounts: /metrics counts every GetToken, by provider
+// and code over both ports, and every cache lookup by result; a provider
+// no one configured is counted under provider="", not a series of its own.
+func TestRequestAndLookupCounts(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	_, url := kycSim(t, clk)
+	s := startService(t, clk, "providers:"+kycProvider("kyc", url, kycPassword))
+	for range 3 {
+		s.mustGet("kyc")
+	}
+	if r := s.rest(http.MethodGet, "/v1/providers/kyc/token", ""); r.Status != http.StatusOK {
+		t.Fatalf("REST: %d", r.Status)
+	}
+	for _, p := range []string{"nope", "nope2"} {
+		if _, err := s.get(&tokenvendv1.GetTokenRequest{Provider: p}); status.Code(err) != codes.NotFound {
+			t.Fatalf("GetToken(%s): got %v, want NotFound", p, err)
+		}
+	}
+	for _, c := range []struct {
+		name, labels string
+		want         float64
+	}{
+		{"tokenvend_requests_total", `code="OK",provider="kyc"`, 4},
+		{"tokenvend_requests_total", `code="NotFound",provider=""`, 2},
+		{"tokenvend_requests_total", `provider="nope"`, -1},
+		{"tokenvend_cache_lookups_total", `provider="kyc",result="login"`, 1},
+		{"tokenvend_cache_lookups_total", `provider="kyc",result="hit"`, 3},
+		{"tokenvend_cache_lookups_total", `provider="kyc",result="shared"`, -1},
+	} {
+		if got := s.metric(c.name, c.labels); got != c.want {
+			t.Errorf("%s{%s}: got %v, want %v (-1: no series)", c.name, c.labels, got, c.want)
+		}
+	}
+}

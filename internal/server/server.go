@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,26 +34,53 @@ type Server struct {
 	broker   *broker.Broker
 	policy   *auth.Policy
 	log      *slog.Logger
-	requests metric.Int64Counter
-	// okAttrs are built once per provider: a successful GetToken is the
-	// hot path and must not allocate attribute sets.
-	okAttrs map[string]metric.AddOption
-	fps     map[string]*atomic.Pointer[fpMemo]
+	requests *requestCounts
+	fps      map[string]*atomic.Pointer[fpMemo]
+}
+
+// requestCounts count GetToken requests by provider and gRPC code, read
+// by the metrics callback: a successful GetToken is the hot path, and an
+// atomic add is all it pays.
+type requestCounts struct {
+	ok     map[string]*atomic.Int64 // by provider; fixed at start
+	okAttr map[string]metric.ObserveOption
+	mu     sync.Mutex
+	failed map[[2]string]int64 // by provider and code
+}
+
+func (r *requestCounts) observe(o metric.Observer, requests metric.Int64Observable) {
+	for p, n := range r.ok {
+		if v := n.Load(); v > 0 {
+			o.ObserveInt64(requests, v, r.okAttr[p])
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, v := range r.failed {
+		o.ObserveInt64(requests, v, metric.WithAttributes(attribute.String("provider", k[0]), attribute.String("code", k[1])))
+	}
 }
 
 // New returns a Server answering from b to the callers policy allows.
 func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, meter metric.Meter) (*Server, error) {
-	requests, err := meter.Int64Counter("tokenvend.requests",
+	counts := &requestCounts{ok: map[string]*atomic.Int64{}, okAttr: map[string]metric.ObserveOption{}, failed: map[[2]string]int64{}}
+	s := &Server{broker: b, policy: policy, log: log, requests: counts, fps: map[string]*atomic.Pointer[fpMemo]{}}
+	for _, p := range b.Providers() {
+		s.fps[p.Name] = &atomic.Pointer[fpMemo]{}
+		counts.ok[p.Name] = &atomic.Int64{}
+		counts.okAttr[p.Name] = metric.WithAttributeSet(attribute.NewSet(
+			attribute.String("provider", p.Name), attribute.String("code", codes.OK.String())))
+	}
+	requests, err := meter.Int64ObservableCounter("tokenvend.requests",
 		metric.WithDescription("GetToken requests, by provider and gRPC code."))
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{broker: b, policy: policy, log: log, requests: requests,
-		okAttrs: map[string]metric.AddOption{}, fps: map[string]*atomic.Pointer[fpMemo]{}}
-	for _, p := range b.Providers() {
-		s.fps[p.Name] = &atomic.Pointer[fpMemo]{}
-		s.okAttrs[p.Name] = metric.WithAttributeSet(attribute.NewSet(
-			attribute.String("provider", p.Name), attribute.String("code", codes.OK.String())))
+	if _, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		counts.observe(o, requests)
+		return nil
+	}, requests); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -78,7 +106,9 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 		s.fail(ctx, req.GetProvider(), code, err)
 		return nil, st
 	}
-	s.requests.Add(ctx, 1, s.okAttrs[req.GetProvider()])
+	if n := s.requests.ok[req.GetProvider()]; n != nil {
+		n.Add(1)
+	}
 	t := a.Token
 	resp := &tokenvendv1.GetTokenResponse{
 		AccessToken: t.AccessToken,
@@ -162,8 +192,8 @@ func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r br
 	if sc := span.SpanContext(); sc.HasTraceID() {
 		traceID = sc.TraceID().String()
 	}
-	attrs := make([]slog.Attr, 0, 8)
-	attrs = append(attrs, slog.String("caller", caller), slog.String("provider", r.Provider),
+	var buf [8]slog.Attr // on the stack: the audit line is on the hot path
+	attrs := append(buf[:0], slog.String("caller", caller), slog.String("provider", r.Provider),
 		slog.String("scope", scope), slog.String("subject", r.Subject),
 		slog.String("code", code.String()), slog.String("result", result))
 	if fp != "" {
@@ -214,11 +244,12 @@ func Fingerprint(tok string) string {
 // fail counts a failed GetToken, and logs the cause of an internal one
 // (which the caller is not told).
 func (s *Server) fail(ctx context.Context, provider string, code codes.Code, err error) {
-	if _, known := s.okAttrs[provider]; !known {
+	if _, known := s.requests.ok[provider]; !known {
 		provider = "" // a caller's typo must not mint a new metric series
 	}
-	s.requests.Add(ctx, 1, metric.WithAttributes(
-		attribute.String("provider", provider), attribute.String("code", code.String())))
+	s.requests.mu.Lock()
+	s.requests.failed[[2]string{provider, code.String()}]++
+	s.requests.mu.Unlock()
 	if code == codes.Internal {
 		s.log.ErrorContext(ctx, "GetToken failed", "provider", provider, "error", err.Error())
 	}

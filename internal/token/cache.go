@@ -101,20 +101,25 @@ type Outcome struct {
 	Held bool
 }
 
-// String names the outcome for logs and metrics: hit, login, shared or
-// held.
-func (o Outcome) String() string {
+// outcomeNames name outcomes, by Outcome.index, for logs and metrics.
+var outcomeNames = [...]string{"hit", "login", "shared", "held"}
+
+func (o Outcome) index() int {
 	switch {
 	case o.Hit:
-		return "hit"
+		return 0
 	case o.Held:
-		return "held"
+		return 3
 	case o.Shared:
-		return "shared"
+		return 2
 	default:
-		return "login"
+		return 1
 	}
 }
+
+// String names the outcome for logs and metrics: hit, login, shared or
+// held.
+func (o Outcome) String() string { return outcomeNames[o.index()] }
 
 // Background refreshes that fail are retried this often, doubling, while
 // the cached token is still good.
@@ -134,10 +139,12 @@ type Cache struct {
 	o   Options
 
 	// Attribute sets are built once: Get is the hot path.
-	spanAttrs []trace.SpanStartOption
-	lookupOpt map[string]metric.AddOption
+	spanAttrs   []trace.SpanStartOption
+	lookupAttrs [len(outcomeNames)]metric.ObserveOption
 
-	// waiting counts callers blocked on a login, for the waiters gauge.
+	// lookups count Gets by outcome, and waiting the callers blocked on a
+	// login, for the metrics callback: an atomic add is all a Get pays.
+	lookups [len(outcomeNames)]atomic.Int64
 	waiting atomic.Int64
 
 	mu      sync.Mutex
@@ -191,9 +198,8 @@ func NewCache(src Source, o Options) *Cache {
 		attribute.String("tokenvend.provider", o.Provider),
 		attribute.String("tokenvend.kind", o.Kind),
 	)}
-	c.lookupOpt = map[string]metric.AddOption{}
-	for _, r := range []string{"hit", "login", "shared", "held"} {
-		c.lookupOpt[r] = metric.WithAttributeSet(attribute.NewSet(
+	for i, r := range outcomeNames {
+		c.lookupAttrs[i] = metric.WithAttributeSet(attribute.NewSet(
 			attribute.String("provider", o.Provider), attribute.String("result", r)))
 	}
 	o.Metrics.add(c)
@@ -215,7 +221,7 @@ func (c *Cache) Get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 			span.SetStatus(codes.Error, safeMessage(err))
 		}
 	}
-	c.o.Metrics.lookup(ctx, c.lookupOpt[out.String()])
+	c.lookups[out.index()].Add(1)
 	return tok, out, err
 }
 

@@ -12,7 +12,6 @@ import (
 // Metrics are the cache's instruments, shared by every provider's Cache.
 // A nil *Metrics records nothing.
 type Metrics struct {
-	lookups  metric.Int64Counter
 	logins   metric.Int64Counter
 	failures metric.Int64Counter
 	duration metric.Float64Histogram
@@ -25,8 +24,9 @@ type Metrics struct {
 func NewMetrics(m metric.Meter) (*Metrics, error) {
 	var x Metrics
 	var err error
-	if x.lookups, err = m.Int64Counter("tokenvend.cache.lookups",
-		metric.WithDescription("Token lookups by result: hit, login (this caller started one), shared (waited on another's), held (answered from a rejection hold).")); err != nil {
+	lookups, err := m.Int64ObservableCounter("tokenvend.cache.lookups",
+		metric.WithDescription("Token lookups by result: hit, login (this caller started one), shared (waited on another's), held (answered from a rejection hold)."))
+	if err != nil {
 		return nil, err
 	}
 	if x.logins, err = m.Int64Counter("tokenvend.logins",
@@ -51,9 +51,14 @@ func NewMetrics(m metric.Meter) (*Metrics, error) {
 		defer x.mu.Unlock()
 		for _, c := range x.caches {
 			o.ObserveInt64(waiters, c.waiting.Load(), metric.WithAttributes(attribute.String("provider", c.o.Provider)))
+			for i := range c.lookups {
+				if n := c.lookups[i].Load(); n > 0 {
+					o.ObserveInt64(lookups, n, c.lookupAttrs[i])
+				}
+			}
 		}
 		return nil
-	}, waiters); err != nil {
+	}, waiters, lookups); err != nil {
 		return nil, err
 	}
 	return &x, nil
@@ -65,12 +70,6 @@ func (m *Metrics) add(c *Cache) {
 		m.mu.Lock()
 		m.caches = append(m.caches, c)
 		m.mu.Unlock()
-	}
-}
-
-func (m *Metrics) lookup(ctx context.Context, opt metric.AddOption) {
-	if m != nil {
-		m.lookups.Add(ctx, 1, opt)
 	}
 }
 
