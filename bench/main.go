@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.concurrency, "c", 50, "concurrent callers in the load runs")
 	fs.IntVar(&o.connections, "connections", 1, "gRPC connections the load runs' callers share (ghz)")
 	fs.DurationVar(&o.duration, "d", 10*time.Second, "measured time of each side of a pair (call and floor)")
-	fs.IntVar(&o.rounds, "rounds", 4, "each side's time is split into this many slices, alternating call and floor")
+	fs.IntVar(&o.rounds, "rounds", 10, "each side's time is split into this many slices, alternating call and floor")
 	fs.DurationVar(&o.warm, "warm", time.Second, "warm-up of each side before it is measured")
 	cold := fs.String("cold", "1,100,1000", "cold-start burst sizes: concurrent callers on a cold key")
 	fs.DurationVar(&o.expiryLifetime, "expiry-lifetime", 20*time.Second, "token lifetime in the expiry run (refreshed at half of it)")
