@@ -216,6 +216,20 @@ func checkDeployment(t *testing.T, w *pod) {
 		}
 	}
 
+	// The Go heap's soft limit sits under the container's memory limit,
+	// with room for what is not heap (stacks, the runtime).
+	if lim, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
+		var goLimit int64 = -1
+		for _, e := range c.Env {
+			if e.Name == "GOMEMLIMIT" {
+				goLimit = parseGoMemLimit(e.Value)
+			}
+		}
+		if goLimit <= 0 || goLimit > lim.Value()*9/10 || goLimit < lim.Value()/2 {
+			t.Errorf("GOMEMLIMIT: got %d bytes, want set, between half and 90%% of limits.memory (%s)", goLimit, lim.String())
+		}
+	}
+
 	// Pod and container security.
 	psc, sc := spec.SecurityContext, c.SecurityContext
 	if psc == nil {
@@ -510,4 +524,21 @@ func deref[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+// parseGoMemLimit reads a GOMEMLIMIT value (bytes, with an optional B,
+// KiB, MiB, GiB or TiB suffix), or returns -1.
+func parseGoMemLimit(v string) int64 {
+	mult := int64(1)
+	for i, suffix := range []string{"TiB", "GiB", "MiB", "KiB", "B"} {
+		if n, ok := strings.CutSuffix(v, suffix); ok {
+			v, mult = n, int64(1)<<(10*(4-i))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n * mult
 }
