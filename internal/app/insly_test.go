@@ -6,11 +6,13 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/inslysim"
@@ -399,5 +401,33 @@ func TestInslyErrorCodes(t *testing.T) {
 		if err != nil || h.GetStatus() != want {
 			t.Errorf("health of %s: got %v %v, want %v", p, h.GetStatus(), err, want)
 		}
+	}
+}
+
+// TestInslyColdScopesTryWrongSecretOnce: a cold client_credentials provider
+// asked for both its scopes at once, with a wrong secret, sends it once:
+// the other scope waits for the first login's answer, then is held.
+func TestInslyColdScopesTryWrongSecretOnce(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	sim, url := inslySim(t, clk, nil)
+	s := startService(t, clk, "providers:"+inslyClientProvider("ins", url, "wrong-secret", "auth/"+inslyTenant, "ledger/read"))
+	var wg sync.WaitGroup
+	got := make([]codes.Code, 20)
+	for i := range got {
+		scope := []string{"auth/" + inslyTenant, "ledger/read"}[i%2]
+		wg.Go(func() {
+			_, err := s.get(&tokenvendv1.GetTokenRequest{Provider: "ins", Scope: scope})
+			got[i] = status.Code(err)
+		})
+	}
+	wg.Wait()
+	for i, c := range got {
+		if c != got[0] || c == codes.OK {
+			t.Fatalf("caller %d: %v; caller 0: %v; want the same refusal for all", i, c, got[0])
+		}
+	}
+	if got := sim.ClientLoginAttempts(); got != 1 {
+		t.Fatalf("upstream attempts with the wrong secret: got %d, want 1", got)
 	}
 }

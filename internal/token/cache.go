@@ -150,6 +150,13 @@ type Cache struct {
 	mu      sync.Mutex
 	entries map[Key]*entry
 	hold    hold
+	// Until a login of this provider has succeeded, its credentials are
+	// unproven, and a login for one key at a time (the trial) tries them:
+	// callers of other keys wait for its answer. Otherwise callers of K
+	// scopes at a cold start would send wrong credentials K times at once,
+	// before the first rejection could form the hold.
+	proven bool
+	trial  *call
 	// lifetime is how long the upstream's last token lived, so a
 	// min_valid_for no token can meet is refused without a login.
 	lifetime time.Duration
@@ -252,6 +259,20 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		return nil, Outcome{}, c.tooLong(minValidFor, c.lifetime)
 	}
 	cl, shared := e.call, e.call != nil
+	if cl == nil && !c.proven && c.trial != nil {
+		// Another key's login is trying the credentials: its answer
+		// decides whether this key may try them too.
+		trial := c.trial
+		c.mu.Unlock()
+		c.waiting.Add(1)
+		defer c.waiting.Add(-1)
+		select {
+		case <-trial.done:
+			return c.get(ctx, k, minValidFor)
+		case <-ctx.Done():
+			return nil, Outcome{}, ctx.Err()
+		}
+	}
 	if cl == nil {
 		cl = c.startLocked(ctx, k, e, false)
 	}
@@ -297,6 +318,9 @@ func (c *Cache) startLocked(ctx context.Context, k Key, e *entry, background boo
 	if c.hold.err != nil {
 		c.hold.probe = cl
 	}
+	if !c.proven && c.trial == nil {
+		c.trial = cl
+	}
 	go c.run(lctx, k, e, cl, e.tok)
 	return cl
 }
@@ -332,8 +356,12 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token)
 	if c.hold.probe == cl {
 		c.hold.probe = nil
 	}
+	if c.trial == cl {
+		c.trial = nil
+	}
 	switch {
 	case err == nil:
+		c.proven = true
 		e.tok = tok
 		e.refreshAt = c.refreshAt(tok, now)
 		e.refreshFailures = 0

@@ -1171,3 +1171,95 @@ func TestCacheShortTokensRefreshBeforeCallersWait(t *testing.T) {
 		return tok != first && out.Hit
 	})
 }
+
+// TestCacheColdStartTriesCredentialsOnce: until a login has succeeded, one
+// key's login tries the credentials and callers of other keys wait for its
+// answer, so a cold start with wrong credentials asked for many scopes at
+// once sends them once; with good ones, every scope then logs in at once.
+func TestCacheColdStartTriesCredentialsOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const scopes = 10
+	start := func(t *testing.T, c *Cache, src *fakeSource) []<-chan result {
+		t.Helper()
+		var results []<-chan result
+		for i := range scopes {
+			for j := range 5 {
+				results = append(results, goGet(ctx, c, Key{Scope: fmt.Sprintf("s%d", i), Subject: fmt.Sprint(j % 2)}, 0))
+			}
+		}
+		waitFor(t, "every caller waiting", func() bool { return c.waiting.Load() == int64(len(results)) })
+		if got := src.calls(); got != 1 {
+			t.Fatalf("logins while the first is in flight: got %d, want 1 (the trial)", got)
+		}
+		return results
+	}
+
+	t.Run("wrong credentials: one attempt", func(t *testing.T) {
+		t.Parallel()
+		c, src, _ := newTestCache(t, nil)
+		src.setAnswer(func(int, Request) (*Token, error) { return nil, rejected() })
+		release := src.block(t)
+		results := start(t, c, src)
+		release()
+		for _, ch := range results {
+			if e := asError(t, recv(t, ch).err); e.Kind != KindRejected {
+				t.Fatalf("got %v, want the rejection", e)
+			}
+		}
+		if got := src.calls(); got != 1 {
+			t.Fatalf("upstream attempts: got %d, want 1", got)
+		}
+	})
+
+	t.Run("good credentials: then every key logs in", func(t *testing.T) {
+		t.Parallel()
+		c, src, _ := newTestCache(t, nil)
+		release := src.block(t)
+		results := start(t, c, src)
+		src.unblock()
+		release()
+		for _, ch := range results {
+			if r := recv(t, ch); r.err != nil {
+				t.Fatal(r.err)
+			}
+		}
+		if got := src.calls(); got != 2*scopes {
+			t.Fatalf("logins: got %d, want %d (one per scope and subject)", got, 2*scopes)
+		}
+		// Proven credentials are not tried one key at a time again.
+		release = src.block(t)
+		fresh := []<-chan result{goGet(ctx, c, Key{Scope: "new-a"}, 0), goGet(ctx, c, Key{Scope: "new-b"}, 0)}
+		waitFor(t, "both new keys logging in", func() bool { return src.calls() == 2*scopes+2 })
+		release()
+		for _, ch := range fresh {
+			if r := recv(t, ch); r.err != nil {
+				t.Fatal(r.err)
+			}
+		}
+	})
+
+	t.Run("an unreachable upstream: the next key tries", func(t *testing.T) {
+		t.Parallel()
+		c, src, _ := newTestCache(t, func(o *Options) { o.LoginAttempts = 1 })
+		src.setAnswer(func(n int, r Request) (*Token, error) {
+			if n == 1 {
+				return nil, &Error{Kind: KindUnavailable, Reason: "UPSTREAM_UNAVAILABLE", Message: "down"}
+			}
+			return &Token{AccessToken: "t", Expiry: t0.Add(time.Hour)}, nil
+		})
+		release := src.block(t)
+		first := goGet(ctx, c, Key{Scope: "a"}, 0)
+		waitFor(t, "the trial", func() bool { return src.calls() == 1 })
+		second := goGet(ctx, c, Key{Scope: "b"}, 0)
+		waitFor(t, "the second caller waiting", func() bool { return c.waiting.Load() == 2 })
+		src.unblock()
+		release()
+		if e := asError(t, recv(t, first).err); e.Kind != KindUnavailable {
+			t.Fatalf("first: got %v, want unavailable", e)
+		}
+		if r := recv(t, second); r.err != nil {
+			t.Fatalf("second, after the trial failed on the network: %v", r.err)
+		}
+	})
+}
