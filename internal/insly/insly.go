@@ -245,12 +245,22 @@ func (c *Client) Token(ctx context.Context, r token.Request) (*token.Token, erro
 	}
 	if prev := r.Previous; prev != nil && prev.RefreshToken != "" && !c.wasRefused(prev.RefreshToken) {
 		tok, err := c.refresh(ctx, prev)
-		if token.KindOf(err) != token.KindRejected {
-			return tok, err
+		switch {
+		case err == nil:
+			return tok, nil
+		case token.KindOf(err) == token.KindRejected:
+			// The refresh token is dead (revoked, expired): that says
+			// nothing about the password, which a login now tries.
+			c.refuse(prev.RefreshToken)
+		case ctx.Err() != nil || c.now().Before(prev.Expiry):
+			// A refresh that failed otherwise (the network, an answer
+			// this client cannot read) is retried while the cached token
+			// still serves callers.
+			return nil, err
 		}
-		// The refresh token is dead (revoked, expired): that says nothing
-		// about the password, which a login now tries.
-		c.refuse(prev.RefreshToken)
+		// Past the token's expiry a refresh is no longer worth waiting
+		// for: a login tries the password, so a refresh endpoint that
+		// keeps failing cannot leave the provider without a token.
 	}
 	return c.passwordLogin(ctx)
 }

@@ -572,6 +572,39 @@ func TestTransientRefreshIsNoLogin(t *testing.T) {
 	}
 }
 
+// TestFailingRefreshPastExpiryLogsIn: once the cached token has expired, a
+// refresh that fails for any reason is followed by a login, so a refresh
+// endpoint that keeps failing cannot leave the provider without a token.
+func TestFailingRefreshPastExpiryLogsIn(t *testing.T) {
+	t.Parallel()
+	for name, fault := range map[string]inslysim.Fault{
+		"503":              {Status: 503},
+		"garbage":          {Garbage: true},
+		"400 with no code": {Status: 400, Body: `{"message":"no such route"}`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f := startSim(t, inslysim.Options{})
+			c := f.newClient(t, f.passwordConfig())
+			first, err := c.Token(t.Context(), token.Request{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.clock.Advance(first.Expiry.Sub(f.clock.Now()) + time.Second)
+			fault.Endpoint = inslysim.EndpointRefresh
+			f.sim.SetFault(fault)
+			tok, err := c.Token(t.Context(), token.Request{Previous: first})
+			if err != nil {
+				t.Fatalf("past expiry, with the refresh failing: %v", err)
+			}
+			if !tok.Expiry.After(f.clock.Now()) || f.sim.RefreshAttempts() != 1 || f.sim.Logins() != 2 {
+				t.Errorf("got expiry %v, refresh attempts %d, logins %d; want a fresh token from a second login after one refresh attempt",
+					tok.Expiry, f.sim.RefreshAttempts(), f.sim.Logins())
+			}
+		})
+	}
+}
+
 // TestRefusedRefreshTokenNotResent: when the fallback login fails
 // transiently, the cache retries with the same Previous; the refused
 // refresh token is not sent again.
