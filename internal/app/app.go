@@ -158,8 +158,9 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		// (gRPC's default, and its fallback when every worker is busy) starts
 		// small and copies its stack twice on the way down: that was a sixth
 		// of the server's CPU under load. The pool covers the calls a
-		// replica can have in flight before it queues anyway.
-		grpc.NumStreamWorkers(uint32(32 * runtime.GOMAXPROCS(0))),
+		// replica can have in flight before it queues anyway; past 256
+		// idle goroutines (2 MiB of stacks) gRPC's fallback is cheap enough.
+		grpc.NumStreamWorkers(uint32(min(32*runtime.GOMAXPROCS(0), 256))),
 	}
 	if tlsCfg != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
