@@ -264,14 +264,10 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		// decides whether this key may try them too.
 		trial := c.trial
 		c.mu.Unlock()
-		c.waiting.Add(1)
-		defer c.waiting.Add(-1)
-		select {
-		case <-trial.done:
-			return c.get(ctx, k, minValidFor)
-		case <-ctx.Done():
-			return nil, Outcome{}, ctx.Err()
+		if err := c.await(ctx, trial); err != nil {
+			return nil, Outcome{}, err
 		}
+		return c.get(ctx, k, minValidFor)
 	}
 	if cl == nil {
 		cl = c.startLocked(ctx, k, e, false)
@@ -299,6 +295,18 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		return nil, out, c.tooLong(minValidFor, cl.tok.Expiry.Sub(cl.tok.IssuedAt))
 	}
 	return cl.tok, out, nil
+}
+
+// await waits for another key's login to end, counted among the waiters.
+func (c *Cache) await(ctx context.Context, cl *call) error {
+	c.waiting.Add(1)
+	defer c.waiting.Add(-1)
+	select {
+	case <-cl.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (c *Cache) tooLong(minValidFor, lifetime time.Duration) *Error {

@@ -1217,8 +1217,29 @@ func TestCacheColdStartTriesCredentialsOnce(t *testing.T) {
 		c, src, _ := newTestCache(t, nil)
 		release := src.block(t)
 		results := start(t, c, src)
-		src.unblock()
+		// The trial succeeds; every other key's login then starts and
+		// blocks. Its callers are counted as waiting once each.
+		releaseRest := src.block(t)
 		release()
+		waitFor(t, "every key logging in", func() bool { return src.calls() == 2*scopes })
+		trialCallers := map[string]int64{"0": 3, "1": 2}[src.req(t, 1).Subject]
+		want := int64(len(results)) - trialCallers
+		waitFor(t, "the other callers waiting on their keys' logins", func() bool {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			var n int64
+			for _, e := range c.entries {
+				if e.call != nil {
+					n += int64(e.call.waiters)
+				}
+			}
+			return n == want
+		})
+		if got := c.waiting.Load(); got != want {
+			t.Fatalf("waiting callers: got %d, want %d", got, want)
+		}
+		src.unblock()
+		releaseRest()
 		for _, ch := range results {
 			if r := recv(t, ch); r.err != nil {
 				t.Fatal(r.err)
