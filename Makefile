@@ -2,7 +2,7 @@
 GO       ?= go
 BUF      := $(GO) tool -modfile=tools/go.mod buf
 
-.PHONY: run test generate check-generated check-deploy lint bench bench-go build
+.PHONY: run test generate check-generated check-deploy check-sims lint bench bench-go build
 
 ## run: start the service on its built-in demo (simulated upstreams, no secrets)
 run:
@@ -31,8 +31,17 @@ check-generated: generate
 check-deploy:
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 
-## lint: buf lint, gofmt, go vet, the generated-code check, the deploy/ check, and the bench/ harness's own tests
-lint: check-generated
+## check-sims: fail when a simulator, or its tests, imports anything of the provider tree
+## outside itself: a fake that shares its client's parsing or helpers proves nothing
+check-sims:
+	@fail=0; for sim in $$(ls -d internal/provider/*/*sim); do \
+	  pkg=$$($(GO) list ./$$sim); \
+	  bad=$$($(GO) list -deps -test ./$$sim | sed 's/ .*//; s/\.test$$//' | grep '/internal/provider/' | grep -v "^$$pkg$$" | sort -u); \
+	  if [ -n "$$bad" ]; then echo "$$sim imports what it must not (it fakes its client, it must not share its code):" >&2; echo "$$bad" | sed 's/^/  /' >&2; fail=1; fi; \
+	done; exit $$fail
+
+## lint: buf lint, gofmt, go vet, the generated-code check, the simulators' import check, the deploy/ check, and the bench/ harness's own tests
+lint: check-generated check-sims
 	$(BUF) lint
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))" || (gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'); echo "gofmt needed" >&2; exit 1)
 	$(GO) vet ./...

@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/tokenvend/tokenvend/internal/identityx"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx"
 )
 
 const identityxUsage = `usage:

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tokenvend/tokenvend/internal/identityxsim"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx/identityxsim"
 )
 
 // cli runs tokenvend with args and returns its stdout, stderr and error.

@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,7 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
-	"github.com/tokenvend/tokenvend/internal/kycsim"
+	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
 )
 
 const (
@@ -24,7 +25,7 @@ const (
 )
 
 // kycSim runs a kyc simulator with one user on the fake clock.
-func kycSim(t *testing.T, clk *clock, users ...kycsim.User) (*kycsim.Server, string) {
+func kycSim(t *testing.T, clk *clocktest.Clock, users ...kycsim.User) (*kycsim.Server, string) {
 	t.Helper()
 	if len(users) == 0 {
 		users = []kycsim.User{{Email: kycUser, Password: kycPassword}}

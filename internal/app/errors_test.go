@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
-	"github.com/tokenvend/tokenvend/internal/kycsim"
+	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
 )
 
 // TestErrorCodes drives every error class of the contract over gRPC and

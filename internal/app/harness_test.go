@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"log/slog"
 	"net/http"
@@ -28,25 +29,8 @@ import (
 	"github.com/tokenvend/tokenvend/internal/config"
 )
 
-// clock is a fake clock shared by the service and the simulators, so a
-// test moves through expiries without sleeping.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newClock() *clock { return &clock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+func newClock() *clocktest.Clock {
+	return clocktest.New(time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC))
 }
 
 // syncBuffer is a log sink safe for the service's goroutines.
@@ -80,7 +64,7 @@ type service struct {
 
 // startService runs the service for the config yaml (the server section
 // is added: both ports on 127.0.0.1:0) until the test ends.
-func startService(t *testing.T, clk *clock, yaml string) *service {
+func startService(t *testing.T, clk *clocktest.Clock, yaml string) *service {
 	t.Helper()
 	cfg, err := config.Parse([]byte("server:\n  grpc_addr: 127.0.0.1:0\n  http_addr: 127.0.0.1:0\n" + yaml))
 	if err != nil {
@@ -89,7 +73,7 @@ func startService(t *testing.T, clk *clock, yaml string) *service {
 	return startConfig(t, clk, cfg)
 }
 
-func startConfig(t *testing.T, clk *clock, cfg *config.Config) *service {
+func startConfig(t *testing.T, clk *clocktest.Clock, cfg *config.Config) *service {
 	t.Helper()
 	s, grpcAddr, httpAddr := startApp(t, clk, cfg)
 	var err error
@@ -105,7 +89,7 @@ func startConfig(t *testing.T, clk *clock, cfg *config.Config) *service {
 
 // startApp runs the service for cfg until the test ends and returns it
 // without clients, for tests that dial it their own way (TLS).
-func startApp(t *testing.T, clk *clock, cfg *config.Config) (s *service, grpcAddr, httpAddr string) {
+func startApp(t *testing.T, clk *clocktest.Clock, cfg *config.Config) (s *service, grpcAddr, httpAddr string) {
 	t.Helper()
 	s = &service{t: t, logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter()}
 	o := app.Options{

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,7 +17,7 @@ import (
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/demo"
-	"github.com/tokenvend/tokenvend/internal/ibanerasim"
+	"github.com/tokenvend/tokenvend/internal/provider/ibanera/ibanerasim"
 )
 
 const (
@@ -28,7 +29,7 @@ const (
 // ibaneraSim runs an Ibanera simulator on the fake clock that accepts a
 // code in its own step only, so a test passes only if tokenvend never
 // leans on the upstream's skew.
-func ibaneraSim(t *testing.T, clk *clock) (*ibanerasim.Server, string) {
+func ibaneraSim(t *testing.T, clk *clocktest.Clock) (*ibanerasim.Server, string) {
 	t.Helper()
 	sim := ibanerasim.New(ibanerasim.Options{
 		Users:     []ibanerasim.User{{Username: ibaneraUser, Password: ibaneraPassword, TOTPSecret: ibaneraSecret}},

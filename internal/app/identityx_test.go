@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -20,12 +21,12 @@ import (
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/demo"
-	"github.com/tokenvend/tokenvend/internal/identityxsim"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx/identityxsim"
 )
 
 // identityxSim serves an IdentityX simulator on the test's clock and
 // returns it with its GraphQL URL.
-func identityxSim(t *testing.T, clk *clock) (*identityxsim.Server, string) {
+func identityxSim(t *testing.T, clk *clocktest.Clock) (*identityxsim.Server, string) {
 	t.Helper()
 	sim := identityxsim.New(identityxsim.Options{Now: clk.Now})
 	return sim, serve(t, sim) + "/graphql"

@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"maps"
 	"net/http"
 	"strings"
@@ -15,7 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
-	"github.com/tokenvend/tokenvend/internal/inslysim"
+	"github.com/tokenvend/tokenvend/internal/provider/insly/inslysim"
 )
 
 const (
@@ -29,7 +30,7 @@ const (
 // inslySim runs an identifier simulator for inslyTenant on the fake clock,
 // with the service user, the client (granted auth/acme and ledger/read)
 // and any extra users.
-func inslySim(t *testing.T, clk *clock, mutate func(*inslysim.Options)) (*inslysim.Server, string) {
+func inslySim(t *testing.T, clk *clocktest.Clock, mutate func(*inslysim.Options)) (*inslysim.Server, string) {
 	t.Helper()
 	o := inslysim.Options{
 		Tenant: inslyTenant,

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net/http"
 	"strings"
 	"sync"
@@ -21,7 +22,7 @@ import (
 	"github.com/tokenvend/tokenvend/internal/app"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/demo"
-	"github.com/tokenvend/tokenvend/internal/loginidsim"
+	"github.com/tokenvend/tokenvend/internal/provider/loginid/loginidsim"
 )
 
 const loginidClientID = "client-7f3a"
@@ -66,7 +67,7 @@ func loginidBlock(pemText string) string {
 
 // loginidSim runs a LoginID simulator for k (with client id
 // loginidClientID) on the fake clock.
-func loginidSim(t *testing.T, clk *clock, k loginidKey) (*loginidsim.Server, string) {
+func loginidSim(t *testing.T, clk *clocktest.Clock, k loginidKey) (*loginidsim.Server, string) {
 	t.Helper()
 	sim := loginidsim.New(loginidsim.Options{PublicKey: &k.key.PublicKey, ClientID: loginidClientID, Now: clk.Now})
 	return sim, serve(t, sim)

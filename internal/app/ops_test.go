@@ -21,7 +21,7 @@ import (
 	"github.com/tokenvend/tokenvend/internal/app"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/demo"
-	"github.com/tokenvend/tokenvend/internal/kycsim"
+	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
 )
 
 // TestDemoNeverLogsSecrets runs the demo as `make run` does, drives it

@@ -10,11 +10,11 @@ import (
 
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/config"
-	"github.com/tokenvend/tokenvend/internal/ibanera"
-	"github.com/tokenvend/tokenvend/internal/identityx"
-	"github.com/tokenvend/tokenvend/internal/insly"
-	"github.com/tokenvend/tokenvend/internal/kyc"
-	"github.com/tokenvend/tokenvend/internal/loginid"
+	"github.com/tokenvend/tokenvend/internal/provider/ibanera"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx"
+	"github.com/tokenvend/tokenvend/internal/provider/insly"
+	"github.com/tokenvend/tokenvend/internal/provider/kyc"
+	"github.com/tokenvend/tokenvend/internal/provider/loginid"
 )
 
 // deps are what a kind's client may need from the service.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"slices"
 	"strings"
 	"sync"
@@ -15,24 +16,6 @@ import (
 )
 
 var t0 = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-
-// fakeClock is the caches' clock; tests move it by hand.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // fakeSource issues "NAME-N" tokens living lifetime, or fails with err,
 // and remembers every request and token.
@@ -105,7 +88,7 @@ func (p *fakePerCall) Finish(_ context.Context, t *token.Token) (*token.Token, e
 	return out, nil
 }
 
-func options(clk *fakeClock) token.Options {
+func options(clk *clocktest.Clock) token.Options {
 	return token.Options{
 		RefreshBefore: time.Minute, MinValid: 10 * time.Second,
 		RetryBase: time.Millisecond, Now: clk.Now,
@@ -116,7 +99,7 @@ func options(clk *fakeClock) token.Options {
 // own source issuing 48-hour tokens.
 func fixture(t *testing.T) (*broker.Broker, map[string]*fakeSource) {
 	t.Helper()
-	clk := &fakeClock{now: t0}
+	clk := clocktest.New(t0)
 	srcs := map[string]*fakeSource{}
 	src := func(name string) *fakeSource {
 		s := &fakeSource{name: name, now: clk.Now, lifetime: 48 * time.Hour}
@@ -243,7 +226,7 @@ func TestSingleUseAndCached(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			clk := &fakeClock{now: t0}
+			clk := clocktest.New(t0)
 			src := &fakeSource{name: "p", now: clk.Now, lifetime: 5 * time.Minute}
 			b := broker.New([]broker.Provider{{Name: "p", Kind: "k", Source: src, SingleUse: tc.singleUse}}, options(clk), nil)
 			seen := map[string]bool{}
@@ -271,7 +254,7 @@ func TestSingleUseAndCached(t *testing.T) {
 
 	t.Run("single-use failures reach the caller", func(t *testing.T) {
 		t.Parallel()
-		clk := &fakeClock{now: t0}
+		clk := clocktest.New(t0)
 		rejected := token.Rejected(token.ReasonCredentialsRejected, "BAD_KEY", "the key was refused")
 		for _, src := range []*fakeSource{
 			{name: "err", now: clk.Now, err: rejected},
@@ -301,7 +284,7 @@ func TestPerCall(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			clk := &fakeClock{now: t0}
+			clk := clocktest.New(t0)
 			src := &fakeSource{name: "p", now: clk.Now, lifetime: time.Hour}
 			pc := &fakePerCall{now: clk.Now}
 			b := broker.New([]broker.Provider{{Name: "p", Kind: "ibanera", Source: src, SingleUse: tc.singleUse, PerCall: pc}}, options(clk), nil)
@@ -341,7 +324,7 @@ func TestPerCall(t *testing.T) {
 
 	t.Run("a Finish error reaches the caller", func(t *testing.T) {
 		t.Parallel()
-		clk := &fakeClock{now: t0}
+		clk := clocktest.New(t0)
 		boom := errors.New("no otp secret")
 		b := broker.New([]broker.Provider{{Name: "p", Kind: "k",
 			Source: &fakeSource{name: "p", now: clk.Now, lifetime: time.Hour}, PerCall: &fakePerCall{now: clk.Now, err: boom}}}, options(clk), nil)
@@ -352,7 +335,7 @@ func TestPerCall(t *testing.T) {
 
 	t.Run("a failed login is not finished", func(t *testing.T) {
 		t.Parallel()
-		clk := &fakeClock{now: t0}
+		clk := clocktest.New(t0)
 		pc := &fakePerCall{now: clk.Now}
 		src := &fakeSource{name: "p", now: clk.Now, err: token.Rejected(token.ReasonCredentialsRejected, "", "refused")}
 		b := broker.New([]broker.Provider{{Name: "p", Kind: "k", Source: src, PerCall: pc}}, options(clk), nil)
@@ -367,7 +350,7 @@ func TestPerCall(t *testing.T) {
 
 func TestProviders(t *testing.T) {
 	t.Parallel()
-	clk := &fakeClock{now: t0}
+	clk := clocktest.New(t0)
 	src := func(name string) *fakeSource {
 		return &fakeSource{name: name, now: clk.Now, lifetime: time.Hour}
 	}

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"testing"
 	"time"
 
@@ -11,7 +12,7 @@ import (
 
 func TestKeepLogsInWithoutCallers(t *testing.T) {
 	t.Parallel()
-	clk := &fakeClock{now: t0}
+	clk := clocktest.New(t0)
 	kept := &fakeSource{name: "kept", now: clk.Now, lifetime: time.Hour}
 	lazy := &fakeSource{name: "lazy", now: clk.Now, lifetime: time.Hour}
 	single := &fakeSource{name: "single", now: clk.Now, lifetime: time.Hour}

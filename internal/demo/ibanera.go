@@ -3,7 +3,7 @@ package demo
 import (
 	"fmt"
 
-	"github.com/tokenvend/tokenvend/internal/ibanerasim"
+	"github.com/tokenvend/tokenvend/internal/provider/ibanera/ibanerasim"
 )
 
 // Demo credentials of the ibanera simulator. They exist only inside it.

@@ -3,7 +3,7 @@ package demo
 import (
 	"fmt"
 
-	"github.com/tokenvend/tokenvend/internal/identityxsim"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx/identityxsim"
 )
 
 // startIdentityX serves the IdentityX simulator with its default users and

@@ -3,7 +3,7 @@ package demo
 import (
 	"fmt"
 
-	"github.com/tokenvend/tokenvend/internal/inslysim"
+	"github.com/tokenvend/tokenvend/internal/provider/insly/inslysim"
 )
 
 // Demo credentials of the insly simulator. They exist only inside it.

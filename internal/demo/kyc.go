@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/tokenvend/tokenvend/internal/kycsim"
+	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
 )
 
 // Demo credentials of the kyc simulator. They exist only inside it.

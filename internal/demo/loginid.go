@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/tokenvend/tokenvend/internal/loginidsim"
+	"github.com/tokenvend/tokenvend/internal/provider/loginid/loginidsim"
 )
 
 // Demo settings of the LoginID simulator.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"maps"
 	"slices"
 	"strings"
@@ -19,24 +20,6 @@ import (
 // flight (how many callers wait on it) and use the refresh retry constants.
 
 var t0 = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-
-// fakeClock is the cache's clock; tests move it by hand.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // fakeSource counts its calls, records their requests, can hold every call
 // at a gate until the test opens it, and answers from a script.
@@ -117,7 +100,7 @@ func (f *fakeSource) cancels() int {
 }
 
 // issue answers with a fresh token "tok-N" living lifetime from now.
-func issue(clk *fakeClock, lifetime time.Duration) func(int, Request) (*Token, error) {
+func issue(clk *clocktest.Clock, lifetime time.Duration) func(int, Request) (*Token, error) {
 	return func(n int, r Request) (*Token, error) {
 		now := clk.Now()
 		at := fmt.Sprintf("tok-%d", n)
@@ -136,9 +119,9 @@ func rejected() *Error {
 // newTestCache returns a Cache over a fakeSource that issues one-hour
 // tokens, with RefreshBefore 1m, MinValid 10s, RejectBackoff 1m (max 10m),
 // three attempts and millisecond retries; mod adjusts the options.
-func newTestCache(t *testing.T, mod func(*Options)) (*Cache, *fakeSource, *fakeClock) {
+func newTestCache(t *testing.T, mod func(*Options)) (*Cache, *fakeSource, *clocktest.Clock) {
 	t.Helper()
-	clk := &fakeClock{now: t0}
+	clk := clocktest.New(t0)
 	src := &fakeSource{answer: issue(clk, time.Hour)}
 	o := Options{
 		Provider: "p", Kind: "fake",

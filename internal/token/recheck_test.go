@@ -3,6 +3,7 @@ package token
 import (
 	"context"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"slices"
 	"sync"
 	"testing"
@@ -73,15 +74,15 @@ func TestRejectedCheckDropsToken(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name      string
-		answer    func(clk *fakeClock) func(int, Request) (*Token, error)
+		answer    func(clk *clocktest.Clock) func(int, Request) (*Token, error)
 		advance   time.Duration // to when the refresh or check is due
 		wantServe bool          // the cached token is still served after the rejection
 	}{
-		{"a revocable token is dropped", func(clk *fakeClock) func(int, Request) (*Token, error) { return checked(clk.Now, time.Hour) },
+		{"a revocable token is dropped", func(clk *clocktest.Clock) func(int, Request) (*Token, error) { return checked(clk.Now, time.Hour) },
 			time.Hour, false},
 		// Unchanged: a rejected refresh of an expiring token does not make
 		// the token itself invalid.
-		{"an expiring token is kept", func(clk *fakeClock) func(int, Request) (*Token, error) { return issue(clk, time.Hour) },
+		{"an expiring token is kept", func(clk *clocktest.Clock) func(int, Request) (*Token, error) { return issue(clk, time.Hour) },
 			59 * time.Minute, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

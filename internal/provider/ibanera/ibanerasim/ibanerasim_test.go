@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"maps"
 	"net/http"
@@ -25,24 +26,6 @@ const (
 // start is 5 seconds into a 30-second step, so tests know how far the next boundary is.
 var start = time.Unix(1_700_000_010+5, 0) // 1_700_000_010 is a multiple of 30
 
-// clock is a fake clock safe for concurrent use.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func testUsers() []User {
 	return []User{
 		{Username: "alice", Password: "alice-pw", TOTPSecret: aliceSecret},
@@ -55,13 +38,13 @@ func testUsers() []User {
 type fixture struct {
 	sim   *Server
 	url   string
-	clock *clock
+	clock *clocktest.Clock
 }
 
 // newFixture starts the simulator on a real loopback listener with a fake clock at start.
 func newFixture(t *testing.T, o Options) *fixture {
 	t.Helper()
-	c := &clock{t: start}
+	c := clocktest.New(start)
 	if o.Users == nil {
 		o.Users = testUsers()
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -27,29 +28,11 @@ const (
 	secret   = "s3cr3t"
 )
 
-// clock is a fake clock that tests move by hand.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clocktest.Clock { return clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)) }
 
 // baseOptions returns the options most tests use: one tenant, a handful of
 // users in each state, one client.
-func baseOptions(c *clock) Options {
+func baseOptions(c *clocktest.Clock) Options {
 	return Options{
 		Tenant: tenant,
 		Users: []User{
@@ -71,7 +54,7 @@ func baseOptions(c *clock) Options {
 type fixture struct {
 	sim   *Server
 	ts    *httptest.Server
-	clock *clock
+	clock *clocktest.Clock
 }
 
 func start(t *testing.T, mutate func(*Options)) fixture {

@@ -24,9 +24,9 @@ import (
 	"time"
 
 	"github.com/tokenvend/tokenvend/internal/config"
+	"github.com/tokenvend/tokenvend/internal/provider/upstream"
 	"github.com/tokenvend/tokenvend/internal/secret"
 	"github.com/tokenvend/tokenvend/internal/token"
-	"github.com/tokenvend/tokenvend/internal/upstream"
 )
 
 // Credential is a kind of IdentityX credential, as named in the config.

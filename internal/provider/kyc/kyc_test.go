@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"maps"
 	"net/http"
@@ -14,7 +15,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -23,11 +23,11 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenvend/tokenvend/internal/config"
-	"github.com/tokenvend/tokenvend/internal/kyc"
-	"github.com/tokenvend/tokenvend/internal/kycsim"
+	"github.com/tokenvend/tokenvend/internal/provider/kyc"
+	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
+	"github.com/tokenvend/tokenvend/internal/provider/upstream"
 	"github.com/tokenvend/tokenvend/internal/secret"
 	"github.com/tokenvend/tokenvend/internal/token"
-	"github.com/tokenvend/tokenvend/internal/upstream"
 )
 
 const (
@@ -40,24 +40,6 @@ const (
 // simStart is the simulator's clock reading in most tests. Its fraction of a
 // second checks that exp is truncated to whole seconds, as PyJWT writes it.
 var simStart = time.Date(2031, 3, 4, 5, 6, 7, 890_000_000, time.UTC)
-
-// fakeClock is a settable clock for the simulator.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
 
 func fixed(t time.Time) func() time.Time { return func() time.Time { return t } }
 
@@ -238,7 +220,7 @@ func checkNoSecret(t *testing.T, err error, secrets ...string) {
 func TestTokenLogsIn(t *testing.T) {
 	t.Parallel()
 	const lifetime = 17 * time.Minute
-	simClock := &fakeClock{t: simStart}
+	simClock := clocktest.New(simStart)
 	sim, srv := startSim(t, kycsim.Options{Now: simClock.Now, Lifetime: lifetime})
 	// The client's clock is ahead of the simulator's: IssuedAt is the
 	// client's reading, Expiry the token's own exp.
@@ -293,7 +275,7 @@ func TestTokenLogsIn(t *testing.T) {
 
 func TestTokenEachCallLogsIn(t *testing.T) {
 	t.Parallel()
-	simClock := &fakeClock{t: simStart}
+	simClock := clocktest.New(simStart)
 	sim, srv := startSim(t, kycsim.Options{Now: simClock.Now})
 	c := clientFor(t, srv, fixed(simStart))
 

@@ -38,9 +38,9 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/tokenvend/tokenvend/internal/config"
+	"github.com/tokenvend/tokenvend/internal/provider/upstream"
 	"github.com/tokenvend/tokenvend/internal/secret"
 	"github.com/tokenvend/tokenvend/internal/token"
-	"github.com/tokenvend/tokenvend/internal/upstream"
 )
 
 // Grants a provider can use.

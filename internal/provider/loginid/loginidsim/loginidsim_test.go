@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"math/big"
 	"net/http"
@@ -42,35 +43,17 @@ func genKey(c elliptic.Curve) *ecdsa.PrivateKey {
 	return k
 }
 
-// fakeClock is a clock tests move by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type fixture struct {
 	sim   *Server
 	ts    *httptest.Server
-	clock *fakeClock
+	clock *clocktest.Clock
 }
 
 // newFixture starts a simulator trusting credKey, on a real listener, with
 // a fake clock at start unless o.Now is set.
 func newFixture(t *testing.T, o Options) *fixture {
 	t.Helper()
-	f := &fixture{clock: &fakeClock{t: start}}
+	f := &fixture{clock: clocktest.New(start)}
 	if o.PublicKey == nil {
 		o.PublicKey = &credKey().PublicKey
 	}

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenvend/tokenvend/internal/identityx"
-	"github.com/tokenvend/tokenvend/internal/identityxsim"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx/identityxsim"
 	"github.com/tokenvend/tokenvend/internal/token"
 )
 

@@ -15,6 +15,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"math/big"
 	"net/http"
 	"net/url"
@@ -30,8 +31,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenvend/tokenvend/internal/config"
-	"github.com/tokenvend/tokenvend/internal/loginid"
-	"github.com/tokenvend/tokenvend/internal/loginidsim"
+	"github.com/tokenvend/tokenvend/internal/provider/loginid"
+	"github.com/tokenvend/tokenvend/internal/provider/loginid/loginidsim"
 	"github.com/tokenvend/tokenvend/internal/secret"
 	"github.com/tokenvend/tokenvend/internal/token"
 )
@@ -39,25 +40,7 @@ import (
 // start is the clock reading in most tests.
 var start = time.Date(2031, 3, 4, 5, 6, 7, 890_000_000, time.UTC)
 
-// fakeClock is a settable clock shared by a client and a simulator.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: start} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clocktest.Clock { return clocktest.New(start) }
 
 func newKey(tb testing.TB, curve elliptic.Curve) *ecdsa.PrivateKey {
 	tb.Helper()
@@ -104,7 +87,7 @@ func bodyLines(pemText string) []string {
 
 // newClient validates cfg (filling its defaults; users.retrieve and
 // users.create when it has no scopes) and builds a client on clk.
-func newClient(t *testing.T, cfg *loginid.Config, clk *fakeClock) *loginid.Client {
+func newClient(t *testing.T, cfg *loginid.Config, clk *clocktest.Clock) *loginid.Client {
 	t.Helper()
 	if len(cfg.Scopes) == 0 {
 		cfg.Scopes = []string{"users.retrieve", "users.create"}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"maps"
 	"net/http"
@@ -21,11 +22,11 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenvend/tokenvend/internal/config"
-	"github.com/tokenvend/tokenvend/internal/insly"
-	"github.com/tokenvend/tokenvend/internal/inslysim"
+	"github.com/tokenvend/tokenvend/internal/provider/insly"
+	"github.com/tokenvend/tokenvend/internal/provider/insly/inslysim"
+	"github.com/tokenvend/tokenvend/internal/provider/upstream"
 	"github.com/tokenvend/tokenvend/internal/secret"
 	"github.com/tokenvend/tokenvend/internal/token"
-	"github.com/tokenvend/tokenvend/internal/upstream"
 )
 
 const (
@@ -43,25 +44,7 @@ const (
 
 var simStart = time.Date(2031, 3, 4, 5, 6, 7, 0, time.UTC)
 
-// clock is a settable clock shared by the simulator and the client.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: simStart} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clocktest.Clock { return clocktest.New(simStart) }
 
 func users() []inslysim.User {
 	return []inslysim.User{
@@ -92,7 +75,7 @@ type record struct {
 type fixture struct {
 	sim   *inslysim.Server
 	srv   *httptest.Server
-	clock *clock
+	clock *clocktest.Clock
 
 	mu   sync.Mutex
 	reqs []record

@@ -3,6 +3,7 @@ package ibanera_test
 import (
 	"context"
 	"errors"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,8 +16,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenvend/tokenvend/internal/broker"
-	"github.com/tokenvend/tokenvend/internal/ibanera"
-	"github.com/tokenvend/tokenvend/internal/ibanerasim"
+	"github.com/tokenvend/tokenvend/internal/provider/ibanera"
+	"github.com/tokenvend/tokenvend/internal/provider/ibanera/ibanerasim"
 	"github.com/tokenvend/tokenvend/internal/secret"
 	"github.com/tokenvend/tokenvend/internal/token"
 )
@@ -42,31 +43,12 @@ var stepStart = time.Date(2031, 3, 4, 12, 0, 0, 0, time.UTC)
 // clock is the fake clock of the client and the simulator; its sleep
 // moves it, and records every wait.
 type clock struct {
+	*clocktest.Clock
 	mu    sync.Mutex
-	t     time.Time
 	waits []time.Duration
 }
 
-func newClock(t time.Time) *clock { return &clock{t: t} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-// Advance moves the clock on by d.
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
+func newClock(t time.Time) *clock { return &clock{Clock: clocktest.New(t)} }
 
 func (c *clock) Sleep(ctx context.Context, d time.Duration) error {
 	if err := ctx.Err(); err != nil {
@@ -75,7 +57,7 @@ func (c *clock) Sleep(ctx context.Context, d time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.waits = append(c.waits, d)
-	c.t = c.t.Add(d)
+	c.Advance(d)
 	return nil
 }
 

@@ -8,8 +8,8 @@ import (
 	"strings"
 
 	"github.com/tokenvend/tokenvend/internal/config"
+	"github.com/tokenvend/tokenvend/internal/provider/upstream"
 	"github.com/tokenvend/tokenvend/internal/token"
-	"github.com/tokenvend/tokenvend/internal/upstream"
 )
 
 // Enroller runs the one-time enrolment that gives an operator a long-lived

@@ -18,8 +18,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenvend/tokenvend/internal/config"
-	"github.com/tokenvend/tokenvend/internal/identityx"
-	"github.com/tokenvend/tokenvend/internal/identityxsim"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx/identityxsim"
 	"github.com/tokenvend/tokenvend/internal/secret"
 	"github.com/tokenvend/tokenvend/internal/token"
 )

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -39,27 +40,9 @@ const (
 	mLogoutAppUser = `mutation LogoutApp($token: String!) { logoutAppUser(input: {token: $token}) }`
 )
 
-// fakeClock is a settable clock for link expiry.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+func newClock() *clocktest.Clock { return clocktest.New(time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)) }
 
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func testOptions(clock *fakeClock) Options {
+func testOptions(clock *clocktest.Clock) Options {
 	o := Options{
 		Users: []User{{ID: "org-1", Email: orgEmail}, {ID: "org-2", Email: otherEmail}},
 		Apps: []App{

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenvend/tokenvend/internal/loginid"
+	"github.com/tokenvend/tokenvend/internal/provider/loginid"
 	"github.com/tokenvend/tokenvend/internal/secret"
 	"github.com/tokenvend/tokenvend/internal/token"
 )
