@@ -254,6 +254,25 @@ providers:%s`, keyHash(key), kycProvider("kyc", kycURL, kycPassword)))
 			}
 		})
 	}
+	// In a REST path, it would be in the REST span's url.path: it is
+	// refused before.
+	t.Run("unidentified, huge provider in the path/rest", func(t *testing.T) {
+		before := len(s.logs.String())
+		r := s.keyREST("", http.MethodGet, "/v1/providers/"+huge+"/token", "")
+		if r.Status != http.StatusRequestURITooLong || len(r.Raw) > bound || r.Body["code"] != float64(codes.InvalidArgument) {
+			t.Errorf("got HTTP %d, %d bytes (%.200s), want 414 with a JSON error of at most %d bytes", r.Status, len(r.Raw), r.Raw, bound)
+		}
+		if n := len(s.logs.String()) - before; n > bound {
+			t.Errorf("log written: got %d bytes, want at most %d", n, bound)
+		}
+	})
+	t.Run("longest valid GET is served", func(t *testing.T) {
+		q := url.Values{"scope": {strings.Repeat("%", 256)}, "subject": {strings.Repeat("é", 128)}}
+		r := s.keyREST(key, http.MethodGet, "/v1/providers/"+strings.Repeat("p", 63)+"/token?"+q.Encode()+"&min_valid_for=86400s", "")
+		if restReason(r) != "CALLER_NOT_ALLOWED" {
+			t.Errorf("got HTTP %d %.300s, want it to reach GetToken (CALLER_NOT_ALLOWED)", r.Status, r.Raw)
+		}
+	})
 	for _, sp := range s.spans.GetSpans() {
 		for _, a := range sp.Attributes {
 			if len(a.Value.Emit()) > bound {
