@@ -2,11 +2,13 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tokenvend/tokenvend"
@@ -47,7 +49,7 @@ func (a *App) httpHandler(gw http.Handler) http.Handler {
 			otelhttp.WithTracerProvider(a.tel.Tracer), otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
 			otelhttp.WithPropagators(a.tel.Propagators))
 	}
-	mux.Handle("/v1/", api)
+	mux.Handle("/v1/", limitURI(api))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeText(w, http.StatusOK, "ok\n")
 	})
@@ -75,6 +77,24 @@ func writeText(w http.ResponseWriter, status int, body string) {
 // maxRequestBody bounds a REST request body: a GetToken request is a few
 // hundred bytes, and the body is read before the caller is identified.
 const maxRequestBody = 64 << 10
+
+// maxRequestURI bounds a REST request's path and query, refused before
+// the REST span records them: the longest valid GetToken URL (a 63-byte
+// provider, a 256-byte scope and subject, all percent-encoded) is under
+// 2 kB, and anyone may send one of 60 kB.
+const maxRequestURI = 4 << 10
+
+func limitURI(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.URL.RequestURI()) > maxRequestURI {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusRequestURITooLong)
+			_, _ = fmt.Fprintf(w, `{"code":%d,"message":"the request URI is longer than %d bytes","details":[]}`, codes.InvalidArgument, maxRequestURI)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
 
 func limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

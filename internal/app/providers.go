@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -104,7 +105,29 @@ func buildProviders(cfg *config.Config, d deps) ([]broker.Provider, error) {
 		bp.Name, bp.Kind = p.Name, p.Kind
 		out = append(out, bp)
 	}
+	errs = append(errs, subjectGrants(cfg, out)...)
 	return out, errors.Join(errs...)
+}
+
+// subjectGrants refuses subjects on a grant for a provider whose kind
+// mints nothing per user: such a grant would promise what the provider
+// refuses. Only the kind knows, so this is checked here, not in config.
+func subjectGrants(cfg *config.Config, built []broker.Provider) []error {
+	byName := map[string]broker.Provider{}
+	for _, p := range built {
+		byName[p.Name] = p
+	}
+	var errs []error
+	for i, c := range cfg.Callers {
+		for j, g := range c.Allow {
+			// An unknown provider is already reported by the config.
+			if p, ok := byName[g.Provider]; ok && g.Subjects != nil && !p.Subject {
+				errs = append(errs, config.Errorf(fmt.Sprintf("callers[%d].allow[%d].subjects", i, j),
+					"provider %q is of kind %s, which mints no token per user: leave subjects out", p.Name, p.Kind))
+			}
+		}
+	}
+	return errs
 }
 
 func kindNames() []string {

@@ -26,14 +26,19 @@ type Policy struct {
 type caller struct {
 	id      string
 	keyHash []byte
-	grants  map[string]*grant // by provider
+	grants  map[string][]grant // by provider, in config order
 }
 
-// grant is what a caller may get of one provider.
+// grant is one configured grant: scopes of one provider, for the end
+// users it lists. Grants are never merged: a caller granted scope A for
+// subjects X and scope B for subjects Y must not get A for Y.
 type grant struct {
 	// defaultScope: a grant with no scope list allows the default scope.
 	defaultScope bool
-	patterns     []string
+	scopes       []string
+	// subjects are the end users a token may be minted for; none means a
+	// request naming a subject is not covered.
+	subjects []string
 }
 
 // New builds the policy for the configured callers. With none configured
@@ -42,19 +47,14 @@ type grant struct {
 func New(callers []config.Caller) *Policy {
 	p := &Policy{enforced: callers != nil, byID: map[string]*caller{}}
 	for _, c := range callers {
-		pc := &caller{id: c.ID, grants: map[string]*grant{}}
+		pc := &caller{id: c.ID, grants: map[string][]grant{}}
 		if c.APIKeySHA256 != "" {
 			pc.keyHash, _ = hex.DecodeString(c.APIKeySHA256) // validated with the config
 			p.keyed = append(p.keyed, pc)
 		}
 		for _, g := range c.Allow {
-			pg := pc.grants[g.Provider]
-			if pg == nil {
-				pg = &grant{}
-				pc.grants[g.Provider] = pg
-			}
-			pg.defaultScope = pg.defaultScope || g.Scopes == nil
-			pg.patterns = append(pg.patterns, g.Scopes...)
+			pc.grants[g.Provider] = append(pc.grants[g.Provider],
+				grant{defaultScope: g.Scopes == nil, scopes: g.Scopes, subjects: g.Subjects})
 		}
 		p.byID[c.ID] = pc
 	}
@@ -102,25 +102,76 @@ func CertID(cert *x509.Certificate) string {
 	return cert.Subject.CommonName
 }
 
-// Allowed reports whether caller id may get scope of provider; isDefault
-// says the scope is the provider's default (or the provider takes none).
-func (p *Policy) Allowed(id, provider, scope string, isDefault bool) bool {
+// Decision is a Policy's answer to one request.
+type Decision int
+
+const (
+	// Allow: a grant covers the provider, the scope and the subject.
+	Allow Decision = iota
+	// DenyProvider: the caller has no grant for the provider (or is not
+	// configured at all).
+	DenyProvider
+	// DenyScope: no grant for the provider covers the scope.
+	DenyScope
+	// DenySubject: grants cover the scope, but none of them the subject.
+	DenySubject
+)
+
+// MayUse reports whether caller id has any grant for provider: what may be
+// said before anything about the provider itself (whether it exists, its
+// scopes) is said.
+func (p *Policy) MayUse(id, provider string) bool {
 	if !p.enforced {
 		return true
 	}
 	c := p.byID[id]
-	if c == nil {
-		return false
+	return c != nil && len(c.grants[provider]) > 0
+}
+
+// Decide judges a request of caller id for scope of provider, minted for
+// subject ("" for none); isDefault says the scope is the provider's
+// default (or the provider takes none). One grant must cover both the
+// scope and the subject. A request without a subject is judged on its
+// scope alone.
+func (p *Policy) Decide(id, provider, scope string, isDefault bool, subject string) Decision {
+	if !p.enforced {
+		return Allow
 	}
-	g := c.grants[provider]
-	if g == nil {
-		return false
+	c := p.byID[id]
+	if c == nil || len(c.grants[provider]) == 0 {
+		return DenyProvider
 	}
+	d := DenyScope
+	for _, g := range c.grants[provider] {
+		if !g.coversScope(scope, isDefault) {
+			continue
+		}
+		if g.coversSubject(subject) {
+			return Allow
+		}
+		d = DenySubject
+	}
+	return d
+}
+
+func (g grant) coversScope(scope string, isDefault bool) bool {
 	if isDefault && g.defaultScope {
 		return true
 	}
-	for _, pat := range g.patterns {
+	for _, pat := range g.scopes {
 		if match(pat, scope) {
+			return true
+		}
+	}
+	return false
+}
+
+func (g grant) coversSubject(subject string) bool {
+	if subject == "" {
+		return true
+	}
+	for _, pat := range g.subjects {
+		if matchSubject(pat, subject) {
 			return true
 		}
 	}
@@ -134,6 +185,19 @@ func match(pattern, scope string) bool {
 		return strings.HasPrefix(scope, prefix)
 	}
 	return pattern == scope
+}
+
+// matchSubject reports whether subject matches a pattern: the exact
+// subject, or a pattern with one "*" standing for any run of characters
+// ("*", "*@billing.example.com", "svc-*"). Matching is case-sensitive: a
+// subject spelled otherwise is refused, never let through.
+func matchSubject(pattern, subject string) bool {
+	prefix, suffix, wild := strings.Cut(pattern, "*")
+	if !wild {
+		return pattern == subject
+	}
+	return len(subject) >= len(prefix)+len(suffix) &&
+		strings.HasPrefix(subject, prefix) && strings.HasSuffix(subject, suffix)
 }
 
 type callerKey struct{}

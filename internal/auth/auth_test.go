@@ -46,15 +46,83 @@ func TestAllowed(t *testing.T) {
 		{"nobody", "kyc", "", true, false},
 		{"", "kyc", "", true, false},
 	} {
-		if got := p.Allowed(tc.id, tc.provider, tc.scope, tc.isDefault); got != tc.want {
+		if got := p.Decide(tc.id, tc.provider, tc.scope, tc.isDefault, "") == Allow; got != tc.want {
 			t.Errorf("Allowed(%q, %q, %q, default=%v): got %v, want %v", tc.id, tc.provider, tc.scope, tc.isDefault, got, tc.want)
 		}
 	}
-	if open := New(nil); open.Enforced() || !open.Allowed("", "kyc", "x", false) {
+	if open := New(nil); open.Enforced() || open.Decide("", "kyc", "x", false, "anyone") != Allow || !open.MayUse("", "kyc") {
 		t.Error("without callers: got a policy that refuses, want one that allows everyone")
 	}
-	if closed := New([]config.Caller{}); !closed.Enforced() || closed.Allowed("", "kyc", "", true) {
+	if closed := New([]config.Caller{}); !closed.Enforced() || closed.Decide("", "kyc", "", true, "") == Allow || closed.MayUse("", "kyc") {
 		t.Error("with an empty callers list: got a policy that allows, want one that refuses everyone")
+	}
+}
+
+// TestSubjectGrants: a subject must be covered by the same grant as the
+// scope; a grant without subjects covers none; a request without a
+// subject is judged on its scope alone.
+func TestSubjectGrants(t *testing.T) {
+	t.Parallel()
+	p := New([]config.Caller{
+		{ID: "key:billing", APIKeySHA256: hash("b"), Allow: []config.Grant{
+			{Provider: "loginid", Scopes: []string{"users.retrieve"}, Subjects: []string{"*@billing.example.com", "ops@example.com"}},
+			{Provider: "loginid", Scopes: []string{"codes.generate"}, Subjects: []string{"svc-*"}},
+			{Provider: "loginid", Scopes: []string{"users.create"}},
+		}},
+		{ID: "key:any", APIKeySHA256: hash("a"), Allow: []config.Grant{
+			{Provider: "loginid", Scopes: []string{"*"}, Subjects: []string{"*"}},
+		}},
+	})
+	for _, tc := range []struct {
+		id, scope, subject string
+		want               Decision
+	}{
+		{"key:billing", "users.retrieve", "alice@billing.example.com", Allow},
+		{"key:billing", "users.retrieve", "ops@example.com", Allow},
+		{"key:billing", "users.retrieve", "", Allow}, // no subject: the scope decides
+		{"key:billing", "users.retrieve", "alice@example.com", DenySubject},
+		{"key:billing", "users.retrieve", "@billing.example.com.evil", DenySubject},
+		{"key:billing", "users.retrieve", "Ops@example.com", DenySubject}, // case-sensitive
+		{"key:billing", "users.retrieve", "svc-reports", DenySubject},     // the other grant's subject
+		{"key:billing", "codes.generate", "svc-reports", Allow},
+		{"key:billing", "codes.generate", "svc-", Allow},
+		{"key:billing", "codes.generate", "alice@billing.example.com", DenySubject}, // the other grant's subject
+		{"key:billing", "users.create", "svc-reports", DenySubject},                 // a grant without subjects allows none
+		{"key:billing", "users.create", "", Allow},
+		{"key:billing", "users.delete", "svc-reports", DenyScope},
+		{"key:any", "users.delete", "anyone at all", Allow},
+		{"nobody", "users.retrieve", "", DenyProvider},
+	} {
+		if got := p.Decide(tc.id, "loginid", tc.scope, false, tc.subject); got != tc.want {
+			t.Errorf("Decide(%q, loginid, %q, subject %q): got %v, want %v", tc.id, tc.scope, tc.subject, got, tc.want)
+		}
+	}
+	if p.Decide("key:billing", "kyc", "", true, "") != DenyProvider || p.MayUse("key:billing", "kyc") || !p.MayUse("key:billing", "loginid") {
+		t.Error("a provider without a grant: got allowed, want DenyProvider")
+	}
+}
+
+func TestMatchSubject(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		pattern, subject string
+		want             bool
+	}{
+		{"alice@example.com", "alice@example.com", true},
+		{"alice@example.com", "alice@example.co", false},
+		{"*", "", true},
+		{"*", "x", true},
+		{"*@b.com", "a@b.com", true},
+		{"*@b.com", "@b.com", true},
+		{"*@b.com", "a@b.comx", false},
+		{"svc-*", "svc-a", true},
+		{"svc-*", "svcx", false},
+		{"a*a", "a", false}, // prefix and suffix may not overlap
+		{"a*a", "aa", true},
+	} {
+		if got := matchSubject(tc.pattern, tc.subject); got != tc.want {
+			t.Errorf("matchSubject(%q, %q): got %v, want %v", tc.pattern, tc.subject, got, tc.want)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -83,6 +84,7 @@ const maxMinValidFor = 24 * time.Hour
 type Broker struct {
 	byName map[string]*provider
 	list   []*provider
+	log    *slog.Logger
 }
 
 type provider struct {
@@ -94,7 +96,10 @@ type provider struct {
 // options o, labelled with its name and kind; onHold (optional) hears when
 // a provider's logins become held after a rejection and when they resume.
 func New(ps []Provider, o token.Options, onHold func(provider string, held bool)) *Broker {
-	b := &Broker{byName: make(map[string]*provider, len(ps))}
+	b := &Broker{byName: make(map[string]*provider, len(ps)), log: o.Log}
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
+	}
 	for _, p := range ps {
 		bp := &provider{Provider: p}
 		if !p.SingleUse {
@@ -135,9 +140,11 @@ func (b *Broker) Token(ctx context.Context, r Request) (Answer, error) {
 		a.SingleUse = true
 		a.Token, err = p.Source.Token(ctx, token.Request{Scope: scope, Subject: r.Subject})
 		switch {
-		case err == nil && a.Token == nil:
+		case err != nil:
+			b.logFailure(ctx, p, "mint failed", err)
+		case a.Token == nil:
 			err = errors.New("provider returned no token")
-		case err == nil && r.MinValidFor > 0 && !a.Token.Expiry.IsZero() && a.Token.Expiry.Sub(a.Token.IssuedAt) < r.MinValidFor:
+		case r.MinValidFor > 0 && !a.Token.Expiry.IsZero() && a.Token.Expiry.Sub(a.Token.IssuedAt) < r.MinValidFor:
 			// A minted token is as fresh as it gets: asking for more than
 			// its lifetime is a request that cannot be met.
 			a.Token, err = nil, &token.Error{Kind: token.KindInvalid, Reason: token.ReasonMinValidTooLong,
@@ -147,9 +154,21 @@ func (b *Broker) Token(ctx context.Context, r Request) (Answer, error) {
 		a.Token, a.Outcome, err = p.cache.Get(ctx, token.Key{Scope: scope, Subject: r.Subject}, r.MinValidFor)
 	}
 	if err == nil && p.PerCall != nil {
-		a.Token, err = p.PerCall.Finish(ctx, a.Token)
+		if a.Token, err = p.PerCall.Finish(ctx, a.Token); err != nil {
+			b.logFailure(ctx, p, "per-call part failed", err)
+		}
 	}
 	return a, err
+}
+
+// logFailure logs what a mint or a per-call part failed of, with its cause:
+// no cache sees these (the cache logs its own logins), and the caller is
+// told only the Message. A caller's own mistake (invalid, denied) is not
+// logged: callers must not be able to fill the log.
+func (b *Broker) logFailure(ctx context.Context, p *provider, msg string, err error) {
+	if k := token.KindOf(err); k == token.KindRejected || k == token.KindUnavailable {
+		b.log.WarnContext(ctx, msg, "provider", p.Name, "kind", p.Kind, "error", err.Error())
+	}
 }
 
 // Scope validates r and returns the scope it resolves to, and whether that
@@ -163,30 +182,82 @@ func (b *Broker) Scope(r Request) (scope string, isDefault bool, err error) {
 	return scope, scope == p.Scopes.Default, nil
 }
 
+// Limits of a request's fields, checked before anything else reads them.
+const (
+	MaxProvider = 63
+	MaxScope    = 256
+	MaxSubject  = 256
+)
+
+// Validate checks the form of r's fields (length, characters, range),
+// knowing nothing of the configured providers: what must hold before a
+// field reaches an audit line, a span or an error detail.
+func Validate(r Request) error {
+	switch {
+	case r.Provider == "":
+		return invalid(ReasonInvalidProvider, "provider is required: name one of the configured providers (ListProviders lists them)")
+	case !validProvider(r.Provider):
+		return invalid(ReasonInvalidProvider, fmt.Sprintf("provider is malformed: a provider name is at most %d printable characters", MaxProvider))
+	case !validScope(r.Scope):
+		return invalid(ReasonInvalidScope, fmt.Sprintf("scope is malformed: at most %d printable characters, no spaces", MaxScope))
+	case !validSubject(r.Subject):
+		return invalid(ReasonInvalidSubject, fmt.Sprintf("subject is malformed: at most %d characters, no control characters", MaxSubject))
+	case r.MinValidFor < 0 || r.MinValidFor > maxMinValidFor:
+		return invalid(ReasonInvalidMinValid, fmt.Sprintf("min_valid_for must be between 0 and %s", maxMinValidFor))
+	}
+	return nil
+}
+
+func validProvider(s string) bool { return len(s) <= MaxProvider && printable(s) }
+func validScope(s string) bool    { return len(s) <= MaxScope && printable(s) }
+func validSubject(s string) bool {
+	return len(s) <= MaxSubject && !strings.ContainsFunc(s, func(c rune) bool { return c < 0x20 || c == 0x7f })
+}
+
+// Shown returns r with each field that fails Validate replaced by a short
+// printable excerpt that gives its length: safe for a log line, a span or
+// an error detail whatever a caller sent. Valid fields are kept as sent.
+func Shown(r Request) Request {
+	if !validProvider(r.Provider) {
+		r.Provider = excerpt(r.Provider)
+	}
+	if !validScope(r.Scope) {
+		r.Scope = excerpt(r.Scope)
+	}
+	if !validSubject(r.Subject) {
+		r.Subject = excerpt(r.Subject)
+	}
+	return r
+}
+
+// excerpt is a malformed field with anything but visible ASCII replaced
+// by "?", cut to its first bytes (then followed by its length in bytes).
+func excerpt(s string) string {
+	const keep = 32
+	b := []byte(s[:min(len(s), keep)])
+	for i, c := range b {
+		if c <= ' ' || c >= 0x7f {
+			b[i] = '?'
+		}
+	}
+	if len(s) > keep {
+		return fmt.Sprintf("%s...[%d bytes]", b, len(s))
+	}
+	return string(b)
+}
+
 // check validates r and returns its provider and effective scope.
 func (b *Broker) check(r Request) (*provider, string, error) {
-	if r.Provider == "" {
-		return nil, "", invalid(ReasonInvalidProvider, "provider is required: name one of the configured providers (ListProviders lists them)")
-	}
-	if len(r.Provider) > 63 || !printable(r.Provider) {
-		return nil, "", invalid(ReasonInvalidProvider, "provider is malformed: a provider name is at most 63 printable characters")
+	if err := Validate(r); err != nil {
+		return nil, "", err
 	}
 	p := b.byName[r.Provider]
 	if p == nil {
 		return nil, "", &token.Error{Kind: token.KindNotFound, Reason: ReasonProviderNotFound,
 			Message: fmt.Sprintf("no provider named %q is configured (ListProviders lists them)", r.Provider)}
 	}
-	if len(r.Scope) > 256 || !printable(r.Scope) {
-		return nil, "", invalid(ReasonInvalidScope, "scope is malformed: at most 256 printable characters, no spaces")
-	}
-	if len(r.Subject) > 256 || strings.ContainsFunc(r.Subject, func(c rune) bool { return c < 0x20 || c == 0x7f }) {
-		return nil, "", invalid(ReasonInvalidSubject, "subject is malformed: at most 256 characters, no control characters")
-	}
 	if r.Subject != "" && !p.Subject {
 		return nil, "", invalid(ReasonInvalidSubject, fmt.Sprintf("provider %q does not mint tokens for a subject: leave subject empty", p.Name))
-	}
-	if r.MinValidFor < 0 || r.MinValidFor > maxMinValidFor {
-		return nil, "", invalid(ReasonInvalidMinValid, fmt.Sprintf("min_valid_for must be between 0 and %s", maxMinValidFor))
 	}
 	scope := r.Scope
 	if scope == "" {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -419,4 +420,47 @@ func TestProviders(t *testing.T) {
 	want[1].valid = false
 	want[4].isHeld = false
 	check("after the tokens expire and the hold ends", want)
+}
+
+// TestShown: what a log, a span or an error detail may show of a request
+// is bounded whatever was sent, and valid fields are shown as sent.
+func TestShown(t *testing.T) {
+	t.Parallel()
+	huge := strings.Repeat("p", 60<<10)
+	for _, tc := range []struct {
+		name     string
+		in, want broker.Request
+	}{
+		{"valid", broker.Request{Provider: "kyc", Scope: "users.*", Subject: "Ålice Smith"}, broker.Request{Provider: "kyc", Scope: "users.*", Subject: "Ålice Smith"}},
+		{"huge", broker.Request{Provider: huge, Scope: huge, Subject: huge}, broker.Request{
+			Provider: strings.Repeat("p", 32) + "...[61440 bytes]", Scope: strings.Repeat("p", 32) + "...[61440 bytes]", Subject: strings.Repeat("p", 32) + "...[61440 bytes]"}},
+		{"control characters", broker.Request{Provider: "a b\n", Scope: "x\x00", Subject: "a\x1b[31m"}, broker.Request{Provider: "a?b?", Scope: "x?", Subject: "a?[31m"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := broker.Shown(tc.in); got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+			if err := broker.Validate(tc.in); (err == nil) != (tc.name == "valid") {
+				t.Errorf("Validate: got %v", err)
+			}
+		})
+	}
+}
+
+// TestMintFailureIsLogged: the cause of a single-use source's failure,
+// which no cache logs and the caller is not told, reaches the log.
+func TestMintFailureIsLogged(t *testing.T) {
+	t.Parallel()
+	var buf strings.Builder
+	o := token.Options{Log: slog.New(slog.NewTextHandler(&buf, nil))}
+	src := &fakeSource{name: "p", now: time.Now, err: token.Unreadable("private_key", errors.New("cannot read secret file /run/secrets/key"))}
+	b := broker.New([]broker.Provider{{Name: "p", Kind: "k", Source: src, SingleUse: true}}, o, nil)
+	_, err := b.Token(context.Background(), broker.Request{Provider: "p"})
+	var e *token.Error
+	if !errors.As(err, &e) || strings.Contains(e.Message, "/run/secrets") {
+		t.Fatalf("got %v, want a rejection whose message does not name the file", err)
+	}
+	if !strings.Contains(buf.String(), "mint failed") || !strings.Contains(buf.String(), "/run/secrets/key") {
+		t.Errorf("log: got %q, want the cause", buf.String())
+	}
 }

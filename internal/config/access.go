@@ -42,6 +42,11 @@ type Grant struct {
 	// Scopes are exact scopes, "*" (any), or a prefix ending in "*"
 	// ("users.*"). Absent, only the provider's default scope is allowed.
 	Scopes []string `yaml:"scopes"`
+	// Subjects are the end users a token may be minted for (a request's
+	// subject): exact ("alice@example.com"), "*" (any), or a pattern with
+	// one "*" ("*@billing.example.com", "svc-*"). Absent, a request that
+	// names a subject is refused. Only for kinds that mint per user.
+	Subjects []string `yaml:"subjects"`
 }
 
 // LoadTLS builds the servers' TLS configuration: the certificate, and with
@@ -119,6 +124,28 @@ func (c *Config) validateAccess() []error {
 					errs = append(errs, Errorf(fmt.Sprintf("%s.scopes[%d]", gpath, k), "must be a scope, \"*\", or a prefix ending in \"*\""))
 				}
 			}
+			errs = append(errs, validateSubjects(Join(gpath, "subjects"), g.Subjects)...)
+		}
+	}
+	return errs
+}
+
+// maxSubject is the longest subject a request may name (the broker's
+// bound): a longer pattern could never match.
+const maxSubject = 256
+
+// validateSubjects checks a grant's subject patterns.
+func validateSubjects(path string, subjects []string) []error {
+	if subjects != nil && len(subjects) == 0 {
+		return []error{Errorf(path, "an empty list allows no subject: leave subjects out to allow none, or list the subjects")}
+	}
+	var errs []error
+	for k, s := range subjects {
+		bad := s == "" || len(s) > maxSubject || strings.Count(s, "*") > 1 ||
+			strings.ContainsFunc(s, func(c rune) bool { return c < 0x20 || c == 0x7f })
+		if bad {
+			errs = append(errs, Errorf(fmt.Sprintf("%s[%d]", path, k),
+				"must be a subject, \"*\", or a pattern with one \"*\" (\"*@example.com\"), at most %d characters, no control characters", maxSubject))
 		}
 	}
 	return errs

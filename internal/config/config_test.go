@@ -828,3 +828,34 @@ func TestEmptyScopeListIsRefused(t *testing.T) {
 		t.Errorf("scopes: []: got %v, want it refused", err)
 	}
 }
+
+func TestSubjectsValidation(t *testing.T) {
+	t.Parallel()
+	key := strings.Repeat("ab", 32)
+	_, err := config.Parse([]byte(`
+callers:
+  - id: key:a
+    api_key_sha256: ` + key + `
+    allow:
+      - {provider: a, scopes: [x], subjects: []}
+      - {provider: a, scopes: [x], subjects: ["*@*.example.com", "", "ok@example.com", "svc-*", "a` + "\\t" + `b", "` + strings.Repeat("s", 257) + `"]}
+providers:
+  - {name: a, kind: k}
+`))
+	for _, want := range []string{
+		"callers[0].allow[0].subjects: an empty list allows no subject",
+		`callers[0].allow[1].subjects[0]: must be a subject, "*", or a pattern with one "*"`,
+		"callers[0].allow[1].subjects[1]: must be a subject",
+		"callers[0].allow[1].subjects[4]: must be a subject",
+		"callers[0].allow[1].subjects[5]: must be a subject",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	for _, good := range []string{"subjects[2]", "subjects[3]"} {
+		if err != nil && strings.Contains(err.Error(), good) {
+			t.Errorf("a good pattern refused (%s):\n%v", good, err)
+		}
+	}
+}

@@ -88,20 +88,23 @@ func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, meter metric.M
 // GetToken returns a credential for one provider and scope, if the caller
 // may have it.
 func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest) (*tokenvendv1.GetTokenResponse, error) {
+	r := broker.Request{Provider: req.GetProvider(), Scope: req.GetScope(), Subject: req.GetSubject()}
+	// What the span, the audit line and the error detail show of the
+	// request: anyone, identified or not, can send a 60 kB provider name.
+	shown := broker.Shown(r)
 	span := trace.SpanFromContext(ctx)
 	if span.IsRecording() {
-		span.SetAttributes(attribute.String("tokenvend.provider", req.GetProvider()))
+		span.SetAttributes(attribute.String("tokenvend.provider", shown.Provider))
 	}
 	caller, _ := auth.CallerFrom(ctx)
-	r := broker.Request{Provider: req.GetProvider(), Scope: req.GetScope(), Subject: req.GetSubject()}
-	a, scope, err := s.getToken(ctx, caller, r, req.GetMinValidFor())
+	a, scope, err := s.getToken(ctx, caller, r, shown.Scope, req.GetMinValidFor())
 	code := codes.OK
 	var st error
 	if err != nil {
-		st = toStatus(err, req.GetProvider())
+		st = toStatus(err, shown.Provider)
 		code = status.Code(st)
 	}
-	s.audit(ctx, span, caller, r, scope, code, a)
+	s.audit(ctx, span, caller, shown, scope, code, a)
 	if err != nil {
 		s.fail(ctx, req.GetProvider(), code, err)
 		return nil, st
@@ -126,24 +129,32 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 }
 
 // getToken applies the caller policy, then asks the broker. It returns the
-// effective scope too, for the audit line. An unidentified caller learns
-// nothing, not even whether the provider it names exists.
-func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, minValid *durationpb.Duration) (broker.Answer, string, error) {
+// effective scope too, for the audit line (shownScope until the request's
+// scope is resolved). An unidentified caller learns nothing, not even
+// whether the provider it names exists; an identified one learns nothing
+// of a provider it has no grant for.
+func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, shownScope string, minValid *durationpb.Duration) (broker.Answer, string, error) {
 	if err := s.identified(caller); err != nil {
-		return broker.Answer{}, r.Scope, err
+		return broker.Answer{}, shownScope, err
 	}
 	if minValid != nil {
 		if err := minValid.CheckValid(); err != nil {
-			return broker.Answer{}, r.Scope, &token.Error{Kind: token.KindInvalid, Reason: broker.ReasonInvalidMinValid,
+			return broker.Answer{}, shownScope, &token.Error{Kind: token.KindInvalid, Reason: broker.ReasonInvalidMinValid,
 				Message: "min_valid_for is not a valid duration"}
 		}
 		r.MinValidFor = minValid.AsDuration()
 	}
+	if err := broker.Validate(r); err != nil {
+		return broker.Answer{}, shownScope, err
+	}
+	if !s.policy.MayUse(caller, r.Provider) {
+		return broker.Answer{}, shownScope, notAllowed(caller)
+	}
 	scope, isDefault, err := s.broker.Scope(r)
 	if err != nil {
-		return broker.Answer{}, r.Scope, err
+		return broker.Answer{}, shownScope, err
 	}
-	if err := s.authorize(caller, r.Provider, scope, isDefault); err != nil {
+	if err := s.authorize(caller, r.Provider, scope, isDefault, r.Subject); err != nil {
 		return broker.Answer{}, scope, err
 	}
 	a, err := s.broker.Token(ctx, r)
@@ -154,6 +165,7 @@ func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, 
 const (
 	ReasonCallerUnidentified = "CALLER_UNIDENTIFIED"
 	ReasonCallerNotAllowed   = "CALLER_NOT_ALLOWED"
+	ReasonSubjectNotAllowed  = "SUBJECT_NOT_ALLOWED"
 )
 
 // identified checks that the policy knows who is asking, when it must.
@@ -165,13 +177,29 @@ func (s *Server) identified(caller string) error {
 	return nil
 }
 
-// authorize checks an identified caller's grants.
-func (s *Server) authorize(caller, provider, scope string, isDefault bool) error {
-	if !s.policy.Allowed(caller, provider, scope, isDefault) {
+// notAllowed is the answer to a caller without a grant for the provider it
+// names: the same whether that provider exists or not, and without its
+// rules.
+func notAllowed(caller string) error {
+	return &token.Error{Kind: token.KindDenied, Reason: ReasonCallerNotAllowed,
+		Message: fmt.Sprintf("caller %q has no grant for this provider: ask for one", caller)}
+}
+
+// authorize checks an identified caller's grants for the scope and the
+// subject of a request to a provider it has a grant for.
+func (s *Server) authorize(caller, provider, scope string, isDefault bool, subject string) error {
+	switch s.policy.Decide(caller, provider, scope, isDefault, subject) {
+	case auth.Allow:
+		return nil
+	case auth.DenySubject:
+		return &token.Error{Kind: token.KindDenied, Reason: ReasonSubjectNotAllowed,
+			Message: fmt.Sprintf("caller %q may not get scope %q for subject %q: ask for a grant that lists the subject", caller, scope, subject)}
+	case auth.DenyScope:
 		return &token.Error{Kind: token.KindDenied, Reason: ReasonCallerNotAllowed,
-			Message: fmt.Sprintf("caller %q may not get provider %q with scope %q: ask for a grant in the callers config", caller, provider, scope)}
+			Message: fmt.Sprintf("caller %q has no grant for scope %q of this provider: ask for one", caller, scope)}
+	default:
+		return notAllowed(caller)
 	}
-	return nil
 }
 
 // audit writes the one audit line of a GetToken, and the same as a span
@@ -266,11 +294,11 @@ func (s *Server) ListProviders(ctx context.Context, _ *tokenvendv1.ListProviders
 	for _, p := range s.broker.Providers() {
 		var scopes []string
 		for _, sc := range p.Scopes {
-			if s.policy.Allowed(caller, p.Name, sc, sc == p.DefaultScope) {
+			if s.policy.Decide(caller, p.Name, sc, sc == p.DefaultScope, "") == auth.Allow {
 				scopes = append(scopes, sc)
 			}
 		}
-		if len(scopes) == 0 && !s.policy.Allowed(caller, p.Name, p.DefaultScope, true) {
+		if len(scopes) == 0 && s.policy.Decide(caller, p.Name, p.DefaultScope, true, "") != auth.Allow {
 			continue
 		}
 		resp.Providers = append(resp.Providers, &tokenvendv1.Provider{

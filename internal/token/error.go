@@ -79,6 +79,15 @@ func Rejected(reason, upstream, message string) *Error {
 	return &Error{Kind: KindRejected, Reason: reason, Upstream: upstream, Message: message}
 }
 
+// Unreadable reports that the configured secret what ("password") cannot
+// be read at use. The caller is told which secret; where it lives (an
+// environment variable, a file path) is configuration detail, kept in the
+// cause for the service's log.
+func Unreadable(what string, cause error) *Error {
+	return &Error{Kind: KindRejected, Reason: ReasonSecretUnreadable, Err: cause,
+		Message: "the configured " + what + " cannot be read: an operator must fix it"}
+}
+
 // Unavailable reports a transient upstream failure.
 func Unavailable(message string, cause error) *Error {
 	return &Error{Kind: KindUnavailable, Reason: ReasonUpstreamUnavailable, Message: message, Err: cause}

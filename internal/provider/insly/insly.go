@@ -289,7 +289,7 @@ const (
 func (c *Client) passwordLogin(ctx context.Context) (*token.Token, error) {
 	password, err := c.cfg.Password.Value()
 	if err != nil {
-		return nil, token.Rejected(token.ReasonSecretUnreadable, "", "the configured password cannot be read: "+err.Error())
+		return nil, token.Unreadable("password", err)
 	}
 	body := struct {
 		Username string            `json:"username"`
@@ -305,7 +305,7 @@ func (c *Client) clientLogin(ctx context.Context, scope string) (*token.Token, e
 	}
 	clientSecret, err := c.cfg.ClientSecret.Value()
 	if err != nil {
-		return nil, token.Rejected(token.ReasonSecretUnreadable, "", "the configured client_secret cannot be read: "+err.Error())
+		return nil, token.Unreadable("client_secret", err)
 	}
 	body := struct {
 		ClientID     string `json:"client_id"`
@@ -481,7 +481,7 @@ func (c *Client) failure(o op, status int, raw []byte, scope string) error {
 			fmt.Sprintf("the upstream rejected %s (IDS10017 NotAuthorized): an operator must fix the credentials", who))
 	case codeUserNotFound:
 		return token.Rejected(token.ReasonCredentialsRejected, code,
-			fmt.Sprintf("the upstream has no user with the configured username in tenant %q (IDS10029 UserNotFound): an operator must fix username or tenant", c.cfg.Tenant))
+			"the upstream has no user with the configured username in the configured tenant (IDS10029 UserNotFound): an operator must fix username or tenant")
 	case codePasswordResetRequired:
 		return token.Rejected(ReasonPasswordResetRequired, code,
 			"the upstream requires the user's password to be reset (IDS10018 PasswordResetRequired): an operator must reset it and configure the new one")
@@ -505,6 +505,6 @@ func (c *Client) failure(o op, status int, raw []byte, scope string) error {
 		return err
 	}
 	return token.Rejected(ReasonLoginRequestRefused, code, fmt.Sprintf(
-		"the upstream refused the request (%s, HTTP %d) without saying the credentials are wrong: an operator must check base_url and tenant %q",
-		code, status, c.cfg.Tenant))
+		"the upstream refused the request (%s, HTTP %d) without saying the credentials are wrong: an operator must check base_url and tenant",
+		code, status))
 }

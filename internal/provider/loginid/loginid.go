@@ -221,8 +221,7 @@ func (c *Client) current(now time.Time) (*ecdsa.PrivateKey, error) {
 	// again: a fixed secret takes effect at once.
 	v, err := c.secret.Value()
 	if err != nil {
-		return nil, token.Rejected(token.ReasonSecretUnreadable, "",
-			"the configured private_key cannot be read: "+err.Error())
+		return nil, token.Unreadable("private_key", err)
 	}
 	next := &loadedKey{value: k.value, key: k.key, recheck: now.Add(KeyRecheck)}
 	if v != k.value {

@@ -647,7 +647,7 @@ func TestRotatedKeyFileTakesEffect(t *testing.T) {
 		for range 2 { // a broken key stays an error; it is not skipped until the next recheck
 			tok, err := c.Token(context.Background(), token.Request{Scope: "users.create"})
 			var e *token.Error
-			if tok != nil || !errors.As(err, &e) || e.Kind != token.KindRejected || e.Reason != c2.reason || !strings.Contains(e.Message, c2.want) {
+			if tok != nil || !errors.As(err, &e) || e.Kind != token.KindRejected || e.Reason != c2.reason || !strings.Contains(err.Error(), c2.want) {
 				t.Fatalf("%s key file: got %v, %v, want a rejection %s saying %q", c2.name, tok, err, c2.reason, c2.want)
 			}
 			for _, l := range bodyLines(rotatedPEM) {
