@@ -175,6 +175,17 @@ providers:
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	// During the drain the port still takes new connections, and says it
+	// is not ready.
+	probe := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	for ready := true; ready; {
+		resp, err := probe.Get("http://" + addr + "/readyz")
+		if err != nil {
+			t.Fatalf("readyz during the drain: %v", err)
+		}
+		resp.Body.Close()
+		ready = resp.StatusCode == http.StatusOK
+	}
 	wg.Wait()
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("tokenvend after SIGTERM: %v\n%s", err, logs)
