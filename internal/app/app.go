@@ -297,11 +297,12 @@ func (a *App) Serve(ctx context.Context) error {
 	<-kept
 	a.health.Shutdown()
 	if err == nil {
-		// Not after a server failed: then nothing is being served.
-		a.wait(sctx, a.drain)
+		// Not when a server failed: the service is exiting on an error,
+		// not handing its callers over.
+		_ = sleep(sctx, a.drain)
 	}
 
-	// Both ports drain at once: neither keeps taking new calls while the
+	// Both ports stop at once: neither keeps taking new calls while the
 	// other finishes.
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- a.httpSrv.Shutdown(sctx) }()
@@ -322,16 +323,6 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	a.log.Info("tokenvend stopped")
 	return err
-}
-
-// wait waits for d, or until ctx ends.
-func (a *App) wait(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }
 
 // close releases what New acquired. Serve's servers close the listeners
