@@ -75,7 +75,8 @@ func restRoutes(doc []byte) ([]route, error) {
 }
 
 // allowFor returns the methods path takes, or "" if no route matches. A
-// {param} segment matches any one non-empty segment, as in the gateway.
+// {param} segment matches any one non-empty segment. path is unescaped, as
+// the gateway (in its default mode) matches it.
 func allowFor(routes []route, path string) string {
 	segments := strings.Split(path, "/")
 	for _, r := range routes {
@@ -96,11 +97,14 @@ func routingError(routes []route) runtime.RoutingErrorHandlerFunc {
 			runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, code)
 			return
 		}
-		allow := allowFor(routes, r.URL.Path)
-		w.Header().Set("Allow", allow)
+		msg := "method not allowed on this path"
+		if allow := allowFor(routes, r.URL.Path); allow != "" {
+			w.Header().Set("Allow", allow)
+			msg += ": use " + allow
+		}
 		runtime.HTTPError(ctx, mux, m, w, r, &runtime.HTTPStatusError{
 			HTTPStatus: code,
-			Err:        status.Error(codes.Unimplemented, "method not allowed on this path: use "+allow),
+			Err:        status.Error(codes.Unimplemented, msg),
 		})
 	}
 }

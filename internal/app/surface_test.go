@@ -67,6 +67,7 @@ func TestWrongMethodIs405(t *testing.T) {
 		{"/v1/token", "POST", []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodOptions}},
 		{"/v1/providers/kyc/token", "GET", []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodHead}},
 		{"/v1/providers", "GET", []string{http.MethodPost, http.MethodDelete, http.MethodOptions}},
+		{"/v1/to%6Ben", "POST", []string{http.MethodGet}}, // matched unescaped, as the gateway does
 		{"/healthz", "GET, HEAD", []string{http.MethodPost}},
 	} {
 		for _, m := range c.wrong {
