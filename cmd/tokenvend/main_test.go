@@ -105,6 +105,7 @@ func TestServeStopsCleanly(t *testing.T) {
 server:
   grpc_addr: 127.0.0.1:0
   http_addr: 127.0.0.1:0
+  shutdown_timeout: 300ms  # and so a drain of 100ms
 providers:
   - name: kyc
     kind: kyc

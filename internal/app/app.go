@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
@@ -51,6 +52,11 @@ type Options struct {
 	// Sleep is how providers wait (for a TOTP step to end, say); tests
 	// with a fake clock advance it here. Nil means real time.
 	Sleep func(ctx context.Context, d time.Duration) error
+	// DrainDelay is how long a stopping service keeps serving, answering
+	// with Connection: close, before it stops accepting. Zero means a third
+	// of server.shutdown_timeout, at most 5s; negative means none (tests
+	// that stop many services).
+	DrainDelay time.Duration
 }
 
 // Check validates cfg completely, every provider's keys included, without
@@ -71,6 +77,7 @@ type App struct {
 	httpSrv  *http.Server
 	health   *health.Server
 	broker   *broker.Broker
+	drain    time.Duration
 	stopping atomic.Bool
 }
 
@@ -88,7 +95,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	}
 	// a is not the named result: every failure returns nil, and the
 	// deferred close must still see what was acquired.
-	a := &App{cfg: cfg, log: o.Log}
+	a := &App{cfg: cfg, log: o.Log, drain: drainDelay(o.DrainDelay, cfg.Server.ShutdownTimeout)}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -161,6 +168,21 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		// replica can have in flight before it queues anyway; past 256
 		// idle goroutines (2 MiB of stacks) gRPC's fallback is cheap enough.
 		grpc.NumStreamWorkers(uint32(min(32*runtime.GOMAXPROCS(0), 256))),
+		// One connection may carry this many calls at once; beyond it the
+		// client queues them, which bounds what one caller can make the
+		// server hold without limiting a healthy one (a replica serves a
+		// few hundred concurrent calls before it queues anyway).
+		grpc.MaxConcurrentStreams(maxConcurrentStreams),
+		// gRPC's default refuses keepalive pings more often than every 5
+		// minutes and any ping on a connection without calls, and closes
+		// the connection of a client that sends them: common client
+		// settings (30s, pinging while idle) would be cut. 10s still tells
+		// a client that floods pings to stop (GOAWAY too_many_pings).
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// A connection without calls for this long is closed (with a
+		// GOAWAY, so the client reconnects when it next needs one): idle
+		// connections must not pile up.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute}),
 	}
 	if tlsCfg != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
@@ -174,10 +196,21 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	if err != nil {
 		return nil, err
 	}
+	// The header timeout cuts a client that dribbles its headers (or its
+	// TLS handshake), ReadTimeout one that dribbles its body (a few hundred
+	// bytes): net/http lifts the read deadline once the body is read, so a
+	// slow call is not cut by it. WriteTimeout, though, runs from the end
+	// of the headers until the answer is written, and a call that outlasts
+	// it gets no answer at all: it must outlast the longest healthy call,
+	// a shared login (cache.login_timeout) and then a wait for a fresh TOTP
+	// step (Ibanera, up to 30s).
 	a.httpSrv = &http.Server{
 		Handler:           a.httpHandler(policy.HTTP(gw)),
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      cfg.Cache.LoginTimeout + time.Minute,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
 	}
 
@@ -191,6 +224,27 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		a.httpLn = tls.NewListener(a.httpLn, tlsCfg)
 	}
 	return a, nil
+}
+
+// Limits on what one caller may make the server hold.
+const (
+	maxConcurrentStreams = 1000
+	// maxHeaderBytes bounds a REST request's headers: an API key and a
+	// traceparent are well under 1 KiB.
+	maxHeaderBytes = 64 << 10
+)
+
+// drainDelay is how long shutdown keeps serving before it stops
+// accepting: o if set (negative: none), else a third of the shutdown
+// timeout, at most 5s (what a load balancer takes to stop sending).
+func drainDelay(o, shutdownTimeout time.Duration) time.Duration {
+	switch {
+	case o < 0:
+		return 0
+	case o > 0:
+		return o
+	}
+	return min(shutdownTimeout/3, 5*time.Second)
 }
 
 // GRPCAddr is the address the gRPC port listens on.
@@ -210,9 +264,13 @@ func (a *App) providerHeld(provider string, held bool) {
 	}
 }
 
-// Serve serves until ctx ends, then stops gracefully: health turns
-// NOT_SERVING, no new calls are accepted, in-flight ones finish (within
-// server.shutdown_timeout). It returns nil after a clean stop.
+// Serve serves until ctx ends, then stops gracefully: readiness turns 503
+// and health NOT_SERVING; for the drain delay both ports go on serving,
+// REST answers saying Connection: close, so that a keep-alive caller
+// learns to reconnect (elsewhere) before its connection is closed rather
+// than by having a request cut; then no new calls are accepted, idle
+// connections close, and in-flight calls finish. All of it within
+// server.shutdown_timeout. It returns nil after a clean stop.
 func (a *App) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- a.grpcSrv.Serve(a.grpcLn) }()
@@ -231,15 +289,20 @@ func (a *App) Serve(ctx context.Context) error {
 	case err = <-errc:
 		err = fmt.Errorf("server stopped: %w", err)
 	}
-	a.log.Info("tokenvend stopping")
+	a.log.Info("tokenvend stopping", "drain", a.drain.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.Server.ShutdownTimeout)
+	defer cancel()
 	a.stopping.Store(true)
 	stopKeeping()
 	<-kept
 	a.health.Shutdown()
+	if err == nil {
+		// Not when a server failed: the service is exiting on an error,
+		// not handing its callers over.
+		_ = sleep(sctx, a.drain)
+	}
 
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.Server.ShutdownTimeout)
-	defer cancel()
-	// Both ports drain at once: neither keeps taking new calls while the
+	// Both ports stop at once: neither keeps taking new calls while the
 	// other finishes.
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- a.httpSrv.Shutdown(sctx) }()

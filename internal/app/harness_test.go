@@ -96,6 +96,7 @@ func startApp(t *testing.T, clk *clocktest.Clock, cfg *config.Config) (s *servic
 		Log:          slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		SpanExporter: s.spans,
 		RetryBase:    time.Millisecond,
+		DrainDelay:   -1, // each test's stop would wait for it
 	}
 	if clk != nil {
 		o.Now = clk.Now

@@ -42,6 +42,12 @@ type Server struct {
 	// InsecureAllowAnyCaller lets a service without callers listen beyond
 	// loopback. Only for networks where reaching the port is the policy.
 	InsecureAllowAnyCaller bool `yaml:"insecure_allow_any_caller"`
+	// AllowedHosts are the host names, beyond IP literals and localhost,
+	// that a request to the HTTP port may name in its Host header when no
+	// callers are configured. Without callers a token goes to whoever
+	// asks, so a web page whose name rebinds to 127.0.0.1 must not be
+	// answered.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // Cache tunes how credentials are cached, refreshed and retried.
@@ -190,6 +196,10 @@ func (c *Config) validate() error {
 	}
 	check(c.Server.GRPCAddr != c.Server.HTTPAddr || strings.HasSuffix(c.Server.HTTPAddr, ":0"), "server.http_addr", "must differ from server.grpc_addr")
 	check(c.Server.ShutdownTimeout > 0, "server.shutdown_timeout", "must be positive")
+	for i, h := range c.Server.AllowedHosts {
+		check(ValidHostName(h), fmt.Sprintf("server.allowed_hosts[%d]", i),
+			"must be a host name such as tokenvend.example.com: no port, scheme or wildcard")
+	}
 	check(c.Cache.RefreshBefore > 0, "cache.refresh_before", "must be positive")
 	check(c.Cache.MinValid >= 0, "cache.min_valid", "must not be negative")
 	check(c.Cache.RefreshBefore <= 0 || c.Cache.RefreshBefore > c.Cache.MinValid, "cache.refresh_before",
@@ -215,6 +225,22 @@ func (c *Config) validate() error {
 	}
 	errs = append(errs, c.validateAccess()...)
 	return errors.Join(errs...)
+}
+
+var hostLabelRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+
+// ValidHostName reports whether s is a DNS host name: dot-separated labels
+// of letters, digits and inner hyphens, at most 253 characters.
+func ValidHostName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if !hostLabelRE.MatchString(label) {
+			return false
+		}
+	}
+	return true
 }
 
 func validAddr(addr string) error {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -56,7 +57,7 @@ func TestDefaults(t *testing.T) {
 				HTTPAddr:        "127.0.0.1:8080",
 				ShutdownTimeout: 15 * time.Second,
 			}
-			if cfg.Server != wantServer {
+			if !reflect.DeepEqual(cfg.Server, wantServer) {
 				t.Errorf("Server: got %+v, want %+v", cfg.Server, wantServer)
 			}
 			wantCache := config.Cache{
@@ -90,7 +91,7 @@ cache:
   login_attempts: 10
 `+providers)
 	wantServer := config.Server{GRPCAddr: "[::1]:7000", HTTPAddr: "localhost:7001", ShutdownTimeout: 2 * time.Second}
-	if cfg.Server != wantServer {
+	if !reflect.DeepEqual(cfg.Server, wantServer) {
 		t.Errorf("Server: got %+v, want %+v", cfg.Server, wantServer)
 	}
 	wantCache := config.Cache{
@@ -250,6 +251,18 @@ func TestBadField(t *testing.T) {
 		{"http defaulted onto grpc", "server:\n  grpc_addr: 127.0.0.1:8080\n" + providers,
 			"server.http_addr: must differ from server.grpc_addr"},
 
+		// Allowed hosts.
+		{"allowed host with a port", "server:\n  allowed_hosts: [tokenvend.example.com:8080]\n" + providers,
+			"server.allowed_hosts[0]: must be a host name such as tokenvend.example.com: no port, scheme or wildcard"},
+		{"allowed host is a URL", "server:\n  allowed_hosts: [ok.example, 'http://tokenvend.example.com']\n" + providers,
+			"server.allowed_hosts[1]: must be a host name such as tokenvend.example.com: no port, scheme or wildcard"},
+		{"allowed host is a wildcard", "server:\n  allowed_hosts: ['*.example.com']\n" + providers,
+			"server.allowed_hosts[0]: must be a host name such as tokenvend.example.com: no port, scheme or wildcard"},
+		{"allowed host is empty", "server:\n  allowed_hosts: ['']\n" + providers,
+			"server.allowed_hosts[0]: must be a host name such as tokenvend.example.com: no port, scheme or wildcard"},
+		{"allowed hosts is a string", "server:\n  allowed_hosts: tokenvend.example.com\n" + providers,
+			"server.allowed_hosts: must be a list of strings"},
+
 		// Ranges.
 		{"negative shutdown_timeout", "server:\n  shutdown_timeout: -1s\n" + providers, "server.shutdown_timeout: must be positive"},
 		{"negative refresh_before", "cache:\n  refresh_before: -5m\n" + providers, "cache.refresh_before: must be positive"},
@@ -335,6 +348,19 @@ func TestGoodAddresses(t *testing.T) {
 				t.Errorf("got %q and %q, want %q and %q", cfg.Server.GRPCAddr, cfg.Server.HTTPAddr, tc.grpc, tc.http)
 			}
 		})
+	}
+}
+
+func TestAllowedHosts(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, "server:\n  allowed_hosts: [tokenvend.internal.example.com, TokenVend, a-b.c1]\n"+providers)
+	if want := []string{"tokenvend.internal.example.com", "TokenVend", "a-b.c1"}; !slices.Equal(cfg.Server.AllowedHosts, want) {
+		t.Errorf("got %q, want %q", cfg.Server.AllowedHosts, want)
+	}
+	for _, h := range []string{"-a.example", "a-.example", "a..example", "a.example.", strings.Repeat("a", 64) + ".example", "[::1]", "a_b.example"} {
+		if config.ValidHostName(h) {
+			t.Errorf("ValidHostName(%q): got true, want false", h)
+		}
 	}
 }
 
