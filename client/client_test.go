@@ -31,6 +31,7 @@ import (
 type fixture struct {
 	demo *demo.Demo
 	addr string // tokenvend's gRPC address
+	rest string // http://host:port of its HTTP port
 	c    *client.Client
 	rpcs sync.Map // method -> *atomic.Int64
 }
@@ -44,6 +45,14 @@ func (f *fixture) count(method string) int64 {
 }
 
 func (f *fixture) kyc() *kycsim.Server { return f.demo.Simulators["kyc"].(*kycsim.Server) }
+
+// revoke makes the kyc simulator refuse tok. fastapi-users' JWTs are
+// deterministic within a second (sub, aud, exp), so the simulator's token
+// lifetime changes too: the next login's token is not the revoked one.
+func (f *fixture) revoke(tok string) {
+	f.kyc().Revoke(tok)
+	f.kyc().SetLifetime(2 * time.Hour)
+}
 
 func start(t *testing.T, opts ...grpc.DialOption) *fixture {
 	t.Helper()
@@ -66,7 +75,7 @@ func start(t *testing.T, opts ...grpc.DialOption) *fixture {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	f := &fixture{demo: d, addr: a.GRPCAddr()}
+	f := &fixture{demo: d, addr: a.GRPCAddr(), rest: "http://" + a.HTTPAddr()}
 	counter := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		n, _ := f.rpcs.LoadOrStore(method, &atomic.Int64{})
 		n.(*atomic.Int64).Add(1)
@@ -158,7 +167,7 @@ func TestTransportRecoversARevokedToken(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f.kyc().Revoke(tok.AccessToken)
+			f.revoke(tok.AccessToken)
 		}
 		if code, body := get(t, hc, f.demo.Upstreams["kyc"]); code != http.StatusOK {
 			t.Fatalf("call %d: got %d %s, want 200", i, code, body)
@@ -204,7 +213,7 @@ func TestTransportReplaysABodyOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.kyc().Revoke(tok.AccessToken)
+	f.revoke(tok.AccessToken)
 
 	hc := &http.Client{Transport: f.c.Transport(client.Request{Provider: "kyc"}, nil)}
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader("the payload"))
@@ -234,7 +243,7 @@ func TestTransportReturnsTheRefusalWhenTheBodyCannotBeReplayed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.kyc().Revoke(tok.AccessToken)
+	f.revoke(tok.AccessToken)
 
 	hc := &http.Client{Transport: f.c.Transport(client.Request{Provider: "kyc"}, nil)}
 	// A body that can be read once only: no GetBody.

@@ -36,6 +36,8 @@ type Server struct {
 	log      *slog.Logger
 	requests *requestCounts
 	fps      map[string]*atomic.Pointer[fpMemo]
+
+	invalidations invalidationCounts
 }
 
 // requestCounts count GetToken requests by provider and gRPC code, read
@@ -80,6 +82,10 @@ func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, meter metric.M
 		counts.observe(o, requests)
 		return nil
 	}, requests); err != nil {
+		return nil, err
+	}
+	if s.invalidations.counter, err = meter.Int64Counter("tokenvend.invalidations",
+		metric.WithDescription("InvalidateToken reports, by provider and result.")); err != nil {
 		return nil, err
 	}
 	return s, nil
