@@ -27,6 +27,16 @@ const usage = `usage:
                                      run the service against built-in simulators
   tokenvend identityx send-link|login|api-token ...
                                      enrol an IdentityX credential (prints the token)
+  tokenvend get PROVIDER [--scope S] [--subject U] [--curl | --json] [connection flags]
+                                     print a credential's headers (and, on stderr, its expiry)
+  tokenvend invalidate PROVIDER --token T [--scope S] [--subject U] [connection flags]
+                                     report a token the upstream refused
+  tokenvend providers [connection flags]
+                                     list the providers this caller may use, and their health
+  connection flags: --addr HOST:PORT (127.0.0.1:9090), --ca FILE, --cert FILE --key FILE,
+                    --server-name N, --api-key-file F, --plaintext, --timeout D
+  get, invalidate and providers exit with the gRPC status code of a failed call
+  (5 NOT_FOUND, 7 PERMISSION_DENIED, 14 UNAVAILABLE, ...); other errors exit 2.
 `
 
 func main() {
@@ -38,7 +48,7 @@ func main() {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "tokenvend:", err)
 		}
-		os.Exit(2)
+		os.Exit(exitCode(err))
 	}
 }
 
@@ -92,6 +102,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, d.Config, log)
 	case "identityx":
 		return identityxCommand(ctx, args[1:], stdout, stderr)
+	case "get":
+		return getCommand(ctx, args[1:], stdout, stderr)
+	case "invalidate":
+		return invalidateCommand(ctx, args[1:], stdout, stderr)
+	case "providers":
+		return providersCommand(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

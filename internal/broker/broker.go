@@ -333,3 +333,21 @@ func (b *Broker) Providers() []Info {
 	}
 	return out
 }
+
+// Invalidate handles a caller's report that the upstream refused
+// accessToken, a credential vended for r. Single-use providers have nothing
+// to drop.
+func (b *Broker) Invalidate(ctx context.Context, r Request, accessToken string) (token.Invalidation, error) {
+	p, scope, err := b.check(r)
+	if err != nil {
+		return "", err
+	}
+	if p.SingleUse {
+		return SingleUse, nil
+	}
+	return p.cache.Invalidate(ctx, token.Key{Scope: scope, Subject: r.Subject}, accessToken), nil
+}
+
+// SingleUse is the result of a report of a single-use provider's token:
+// every call gets a fresh one, so there is nothing to drop.
+const SingleUse token.Invalidation = "single_use"

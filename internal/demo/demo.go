@@ -4,7 +4,6 @@
 package demo
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -79,11 +78,11 @@ func (d *Demo) serve(h http.Handler) (string, error) {
 	return "http://" + ln.Addr().String(), nil
 }
 
-// Close stops the simulators.
+// Close stops the simulators at once. It does not drain: nothing the demo
+// serves needs it, and Shutdown would wait five seconds for any connection
+// a client dialled but never used.
 func (d *Demo) Close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	for _, s := range d.servers {
-		_ = s.Shutdown(ctx)
+		_ = s.Close()
 	}
 }

@@ -36,6 +36,8 @@ type Server struct {
 	log      *slog.Logger
 	requests *requestCounts
 	fps      map[string]*atomic.Pointer[fpMemo]
+
+	invalidations invalidationCounts
 }
 
 // requestCounts count GetToken requests by provider and gRPC code, read
@@ -80,6 +82,10 @@ func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, meter metric.M
 		counts.observe(o, requests)
 		return nil
 	}, requests); err != nil {
+		return nil, err
+	}
+	if s.invalidations.counter, err = meter.Int64Counter("tokenvend.invalidations",
+		metric.WithDescription("InvalidateToken reports, by provider and result.")); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -144,21 +150,29 @@ func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, 
 		}
 		r.MinValidFor = minValid.AsDuration()
 	}
-	if err := broker.Validate(r); err != nil {
-		return broker.Answer{}, shownScope, err
-	}
-	if !s.policy.MayUse(caller, r.Provider) {
-		return broker.Answer{}, shownScope, notAllowed(caller)
-	}
-	scope, isDefault, err := s.broker.Scope(r)
+	scope, err := s.permit(caller, r, shownScope)
 	if err != nil {
-		return broker.Answer{}, shownScope, err
-	}
-	if err := s.authorize(caller, r.Provider, scope, isDefault, r.Subject); err != nil {
 		return broker.Answer{}, scope, err
 	}
 	a, err := s.broker.Token(ctx, r)
 	return a, scope, err
+}
+
+// permit checks an identified caller's request: well formed, and covered
+// by a grant (provider, then scope and subject). It returns the effective
+// scope, or shownScope until the request's scope is resolved.
+func (s *Server) permit(caller string, r broker.Request, shownScope string) (string, error) {
+	if err := broker.Validate(r); err != nil {
+		return shownScope, err
+	}
+	if !s.policy.MayUse(caller, r.Provider) {
+		return shownScope, notAllowed(caller)
+	}
+	scope, isDefault, err := s.broker.Scope(r)
+	if err != nil {
+		return shownScope, err
+	}
+	return scope, s.authorize(caller, r.Provider, scope, isDefault, r.Subject)
 }
 
 // Reasons for caller policy errors.

@@ -35,6 +35,9 @@ type Options struct {
 	RejectBackoff, MaxRejectBackoff time.Duration
 	// LoginTimeout bounds one shared login, retries included (30s).
 	LoginTimeout time.Duration
+	// MinRelogin is the least time between two logins of one key that
+	// callers' reports (Invalidate) start (30s).
+	MinRelogin time.Duration
 	// LoginAttempts is how often a transient failure is tried (3).
 	LoginAttempts int
 	// RetryBase is the first wait between attempts (200ms); it doubles,
@@ -66,6 +69,7 @@ func (o *Options) setDefaults() {
 	def(&o.RejectBackoff, time.Minute)
 	def(&o.MaxRejectBackoff, 30*time.Minute)
 	def(&o.LoginTimeout, 30*time.Second)
+	def(&o.MinRelogin, 30*time.Second)
 	def(&o.RetryBase, 200*time.Millisecond)
 	if o.MinValid < 0 {
 		o.MinValid = 0
@@ -157,6 +161,9 @@ type Cache struct {
 	// before the first rejection could form the hold.
 	proven bool
 	trial  *call
+	// reports remember, per key, the invalidation reports that started a
+	// login (see Invalidate).
+	reports map[Key]*reports
 	// lifetime is how long the upstream's last token lived, so a
 	// min_valid_for no token can meet is refused without a login.
 	lifetime time.Duration

@@ -356,6 +356,139 @@ func (x *Provider) GetHasValidCredential() bool {
 	return false
 }
 
+// InvalidateTokenRequest reports a credential the upstream refused. Only the
+// credential tokenvend currently caches for that provider, scope and subject
+// counts: a report of an older or unknown token changes nothing.
+type InvalidateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider, as in GetTokenRequest.
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The scope, as in GetTokenRequest; empty means the provider's default.
+	Scope string `protobuf:"bytes,2,opt,name=scope,proto3" json:"scope,omitempty"`
+	// The subject, as in GetTokenRequest.
+	Subject string `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
+	// The credential the upstream refused (GetTokenResponse.access_token).
+	AccessToken string `protobuf:"bytes,4,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	// Optional: the upstream's HTTP status, for the log and metrics.
+	UpstreamStatus int32 `protobuf:"varint,5,opt,name=upstream_status,json=upstreamStatus,proto3" json:"upstream_status,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *InvalidateTokenRequest) Reset() {
+	*x = InvalidateTokenRequest{}
+	mi := &file_tokenvend_v1_token_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InvalidateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InvalidateTokenRequest) ProtoMessage() {}
+
+func (x *InvalidateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_token_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InvalidateTokenRequest.ProtoReflect.Descriptor instead.
+func (*InvalidateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_token_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *InvalidateTokenRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *InvalidateTokenRequest) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *InvalidateTokenRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *InvalidateTokenRequest) GetAccessToken() string {
+	if x != nil {
+		return x.AccessToken
+	}
+	return ""
+}
+
+func (x *InvalidateTokenRequest) GetUpstreamStatus() int32 {
+	if x != nil {
+		return x.UpstreamStatus
+	}
+	return 0
+}
+
+// InvalidateTokenResponse says what the report did.
+type InvalidateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True: it was the current credential, it was dropped, and a new login has
+	// started. False: it was not the current credential, the provider's
+	// credentials are single-use, or a recent report already started a login
+	// (cache.min_relogin_interval), and nothing changed.
+	Invalidated   bool `protobuf:"varint,1,opt,name=invalidated,proto3" json:"invalidated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InvalidateTokenResponse) Reset() {
+	*x = InvalidateTokenResponse{}
+	mi := &file_tokenvend_v1_token_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InvalidateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InvalidateTokenResponse) ProtoMessage() {}
+
+func (x *InvalidateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvend_v1_token_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InvalidateTokenResponse.ProtoReflect.Descriptor instead.
+func (*InvalidateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvend_v1_token_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *InvalidateTokenResponse) GetInvalidated() bool {
+	if x != nil {
+		return x.Invalidated
+	}
+	return false
+}
+
 var File_tokenvend_v1_token_service_proto protoreflect.FileDescriptor
 
 const file_tokenvend_v1_token_service_proto_rawDesc = "" +
@@ -388,10 +521,19 @@ const file_tokenvend_v1_token_service_proto_rawDesc = "" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
 	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12#\n" +
 	"\rdefault_scope\x18\x04 \x01(\tR\fdefaultScope\x120\n" +
-	"\x14has_valid_credential\x18\x05 \x01(\bR\x12hasValidCredential2\x83\x02\n" +
+	"\x14has_valid_credential\x18\x05 \x01(\bR\x12hasValidCredential\"\xb0\x01\n" +
+	"\x16InvalidateTokenRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x14\n" +
+	"\x05scope\x18\x02 \x01(\tR\x05scope\x12\x18\n" +
+	"\asubject\x18\x03 \x01(\tR\asubject\x12!\n" +
+	"\faccess_token\x18\x04 \x01(\tR\vaccessToken\x12'\n" +
+	"\x0fupstream_status\x18\x05 \x01(\x05R\x0eupstreamStatus\";\n" +
+	"\x17InvalidateTokenResponse\x12 \n" +
+	"\vinvalidated\x18\x01 \x01(\bR\vinvalidated2\x84\x03\n" +
 	"\fTokenService\x12\x81\x01\n" +
 	"\bGetToken\x12\x1d.tokenvend.v1.GetTokenRequest\x1a\x1e.tokenvend.v1.GetTokenResponse\"6\x82\xd3\xe4\x93\x020:\x01*Z \x12\x1e/v1/providers/{provider}/token\"\t/v1/token\x12o\n" +
-	"\rListProviders\x12\".tokenvend.v1.ListProvidersRequest\x1a#.tokenvend.v1.ListProvidersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/providersB=Z;github.com/tokenvend/tokenvend/gen/tokenvend/v1;tokenvendv1b\x06proto3"
+	"\rListProviders\x12\".tokenvend.v1.ListProvidersRequest\x1a#.tokenvend.v1.ListProvidersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/providers\x12\x7f\n" +
+	"\x0fInvalidateToken\x12$.tokenvend.v1.InvalidateTokenRequest\x1a%.tokenvend.v1.InvalidateTokenResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/token:invalidateB=Z;github.com/tokenvend/tokenvend/gen/tokenvend/v1;tokenvendv1b\x06proto3"
 
 var (
 	file_tokenvend_v1_token_service_proto_rawDescOnce sync.Once
@@ -405,29 +547,33 @@ func file_tokenvend_v1_token_service_proto_rawDescGZIP() []byte {
 	return file_tokenvend_v1_token_service_proto_rawDescData
 }
 
-var file_tokenvend_v1_token_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_tokenvend_v1_token_service_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_tokenvend_v1_token_service_proto_goTypes = []any{
-	(*GetTokenRequest)(nil),       // 0: tokenvend.v1.GetTokenRequest
-	(*GetTokenResponse)(nil),      // 1: tokenvend.v1.GetTokenResponse
-	(*ListProvidersRequest)(nil),  // 2: tokenvend.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil), // 3: tokenvend.v1.ListProvidersResponse
-	(*Provider)(nil),              // 4: tokenvend.v1.Provider
-	nil,                           // 5: tokenvend.v1.GetTokenResponse.HeadersEntry
-	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*GetTokenRequest)(nil),         // 0: tokenvend.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),        // 1: tokenvend.v1.GetTokenResponse
+	(*ListProvidersRequest)(nil),    // 2: tokenvend.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),   // 3: tokenvend.v1.ListProvidersResponse
+	(*Provider)(nil),                // 4: tokenvend.v1.Provider
+	(*InvalidateTokenRequest)(nil),  // 5: tokenvend.v1.InvalidateTokenRequest
+	(*InvalidateTokenResponse)(nil), // 6: tokenvend.v1.InvalidateTokenResponse
+	nil,                             // 7: tokenvend.v1.GetTokenResponse.HeadersEntry
+	(*durationpb.Duration)(nil),     // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 9: google.protobuf.Timestamp
 }
 var file_tokenvend_v1_token_service_proto_depIdxs = []int32{
-	6, // 0: tokenvend.v1.GetTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
-	5, // 1: tokenvend.v1.GetTokenResponse.headers:type_name -> tokenvend.v1.GetTokenResponse.HeadersEntry
-	7, // 2: tokenvend.v1.GetTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	7, // 3: tokenvend.v1.GetTokenResponse.issue_time:type_name -> google.protobuf.Timestamp
+	8, // 0: tokenvend.v1.GetTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
+	7, // 1: tokenvend.v1.GetTokenResponse.headers:type_name -> tokenvend.v1.GetTokenResponse.HeadersEntry
+	9, // 2: tokenvend.v1.GetTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	9, // 3: tokenvend.v1.GetTokenResponse.issue_time:type_name -> google.protobuf.Timestamp
 	4, // 4: tokenvend.v1.ListProvidersResponse.providers:type_name -> tokenvend.v1.Provider
 	0, // 5: tokenvend.v1.TokenService.GetToken:input_type -> tokenvend.v1.GetTokenRequest
 	2, // 6: tokenvend.v1.TokenService.ListProviders:input_type -> tokenvend.v1.ListProvidersRequest
-	1, // 7: tokenvend.v1.TokenService.GetToken:output_type -> tokenvend.v1.GetTokenResponse
-	3, // 8: tokenvend.v1.TokenService.ListProviders:output_type -> tokenvend.v1.ListProvidersResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
+	5, // 7: tokenvend.v1.TokenService.InvalidateToken:input_type -> tokenvend.v1.InvalidateTokenRequest
+	1, // 8: tokenvend.v1.TokenService.GetToken:output_type -> tokenvend.v1.GetTokenResponse
+	3, // 9: tokenvend.v1.TokenService.ListProviders:output_type -> tokenvend.v1.ListProvidersResponse
+	6, // 10: tokenvend.v1.TokenService.InvalidateToken:output_type -> tokenvend.v1.InvalidateTokenResponse
+	8, // [8:11] is the sub-list for method output_type
+	5, // [5:8] is the sub-list for method input_type
 	5, // [5:5] is the sub-list for extension type_name
 	5, // [5:5] is the sub-list for extension extendee
 	0, // [0:5] is the sub-list for field type_name
@@ -444,7 +590,7 @@ func file_tokenvend_v1_token_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenvend_v1_token_service_proto_rawDesc), len(file_tokenvend_v1_token_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

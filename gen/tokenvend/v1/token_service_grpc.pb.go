@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TokenService_GetToken_FullMethodName      = "/tokenvend.v1.TokenService/GetToken"
-	TokenService_ListProviders_FullMethodName = "/tokenvend.v1.TokenService/ListProviders"
+	TokenService_GetToken_FullMethodName        = "/tokenvend.v1.TokenService/GetToken"
+	TokenService_ListProviders_FullMethodName   = "/tokenvend.v1.TokenService/ListProviders"
+	TokenService_InvalidateToken_FullMethodName = "/tokenvend.v1.TokenService/InvalidateToken"
 )
 
 // TokenServiceClient is the client API for TokenService service.
@@ -37,6 +38,8 @@ type TokenServiceClient interface {
 	// ListProviders describes the configured providers. It never returns a
 	// secret or a token.
 	ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error)
+	// InvalidateToken reports that the upstream refused a credential tokenvend vended.
+	InvalidateToken(ctx context.Context, in *InvalidateTokenRequest, opts ...grpc.CallOption) (*InvalidateTokenResponse, error)
 }
 
 type tokenServiceClient struct {
@@ -67,6 +70,16 @@ func (c *tokenServiceClient) ListProviders(ctx context.Context, in *ListProvider
 	return out, nil
 }
 
+func (c *tokenServiceClient) InvalidateToken(ctx context.Context, in *InvalidateTokenRequest, opts ...grpc.CallOption) (*InvalidateTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InvalidateTokenResponse)
+	err := c.cc.Invoke(ctx, TokenService_InvalidateToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenServiceServer is the server API for TokenService service.
 // All implementations must embed UnimplementedTokenServiceServer
 // for forward compatibility.
@@ -81,6 +94,8 @@ type TokenServiceServer interface {
 	// ListProviders describes the configured providers. It never returns a
 	// secret or a token.
 	ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error)
+	// InvalidateToken reports that the upstream refused a credential tokenvend vended.
+	InvalidateToken(context.Context, *InvalidateTokenRequest) (*InvalidateTokenResponse, error)
 	mustEmbedUnimplementedTokenServiceServer()
 }
 
@@ -96,6 +111,9 @@ func (UnimplementedTokenServiceServer) GetToken(context.Context, *GetTokenReques
 }
 func (UnimplementedTokenServiceServer) ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListProviders not implemented")
+}
+func (UnimplementedTokenServiceServer) InvalidateToken(context.Context, *InvalidateTokenRequest) (*InvalidateTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method InvalidateToken not implemented")
 }
 func (UnimplementedTokenServiceServer) mustEmbedUnimplementedTokenServiceServer() {}
 func (UnimplementedTokenServiceServer) testEmbeddedByValue()                      {}
@@ -154,6 +172,24 @@ func _TokenService_ListProviders_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenService_InvalidateToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InvalidateTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).InvalidateToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_InvalidateToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).InvalidateToken(ctx, req.(*InvalidateTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenService_ServiceDesc is the grpc.ServiceDesc for TokenService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -168,6 +204,10 @@ var TokenService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListProviders",
 			Handler:    _TokenService_ListProviders_Handler,
+		},
+		{
+			MethodName: "InvalidateToken",
+			Handler:    _TokenService_InvalidateToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -142,6 +142,7 @@ type Server struct {
 	mu      sync.RWMutex
 	byEmail map[string]*account // key: strings.ToLower(email)
 	byID    map[string]*account // key: canonical UUID
+	revoked map[string]bool     // tokens Revoke refused; guarded by mu
 
 	faultMu      sync.Mutex
 	fault        Fault
@@ -172,6 +173,7 @@ func New(o Options) *Server {
 		now:          o.Now,
 		byEmail:      make(map[string]*account, len(o.Users)),
 		byID:         make(map[string]*account, len(o.Users)),
+		revoked:      map[string]bool{},
 		faultChanged: make(chan struct{}),
 	}
 	if s.now == nil {
@@ -232,6 +234,15 @@ func (s *Server) SetPassword(email, password string) {
 		panic(fmt.Sprintf("kycsim: SetPassword: no user %q", email))
 	}
 	a.password = password
+}
+
+// Revoke makes the protected endpoint refuse token from now on (401), as a
+// deployment with a database token strategy, or one that rotated its JWT
+// secret, refuses a token before its exp: a client then has to log in again.
+func (s *Server) Revoke(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.revoked[token] = true
 }
 
 // UserID returns the UUID that tokens for the user with this e-mail address

@@ -943,3 +943,22 @@ func TestLoginBodyTooLarge(t *testing.T) {
 		t.Errorf("LoginAttempts: got %d, want 1", got)
 	}
 }
+
+func TestRevoke(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	sim, base := start(t, Options{Now: clock.Now})
+	revoked := login(t, base, testEmail, testPassword)
+	clock.Advance(time.Second) // a new exp, so a new token
+	kept := login(t, base, testEmail, testPassword)
+	if revoked == kept {
+		t.Fatal("two logins a second apart gave the same token")
+	}
+	sim.Revoke(revoked)
+	if r := call(t, http.MethodGet, base, ResourcePath, "Bearer "+revoked); r.status != 401 || r.body != `{"detail":"Unauthorized"}` {
+		t.Errorf("revoked token: got %d %s, want 401 {\"detail\":\"Unauthorized\"}", r.status, r.body)
+	}
+	if r := call(t, http.MethodGet, base, ResourcePath, "Bearer "+kept); r.status != 200 {
+		t.Errorf("another token of the same user: got %d, want 200", r.status)
+	}
+}

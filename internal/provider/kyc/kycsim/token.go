@@ -60,7 +60,7 @@ func (s *Server) verify(token string) (account, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	a, ok := s.byID[id]
-	if !ok {
+	if !ok || s.revoked[token] {
 		return account{}, false
 	}
 	return *a, true

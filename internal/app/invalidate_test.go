@@ -1,0 +1,159 @@
+package app_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/server"
+)
+
+// TestInvalidateTokenEndToEnd reports a token the kyc simulator revoked:
+// the first report drops it and starts one login, callers then get a token
+// the simulator accepts, and later reports inside the interval change
+// nothing. Over gRPC and REST, with an audit line and a metric per report.
+func TestInvalidateTokenEndToEnd(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	sim, url := kycSim(t, clk)
+	s := startService(t, clk, "providers:"+kycProvider("kyc", url, kycPassword))
+	ctx := context.Background()
+
+	old := s.mustGet("kyc")
+	sim.Revoke(old.GetAccessToken())
+	clk.Advance(time.Second) // the next login's JWT differs from the revoked one
+	if code := useHeaders(t, url+"/api/v1/resource", old.GetHeaders()); code != http.StatusUnauthorized {
+		t.Fatalf("revoked token upstream: got %d, want 401", code)
+	}
+
+	var wg sync.WaitGroup
+	results := make(chan bool, 100)
+	for range 100 {
+		wg.Go(func() {
+			resp, err := s.client.InvalidateToken(ctx, &tokenvendv1.InvalidateTokenRequest{
+				Provider: "kyc", AccessToken: old.GetAccessToken(), UpstreamStatus: 401})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			results <- resp.GetInvalidated()
+		})
+	}
+	wg.Wait()
+	close(results)
+	trues := 0
+	for r := range results {
+		if r {
+			trues++
+		}
+	}
+	if trues != 1 {
+		t.Errorf("100 concurrent reports: %d answered invalidated, want 1", trues)
+	}
+	fresh := s.mustGet("kyc")
+	if fresh.GetAccessToken() == old.GetAccessToken() {
+		t.Fatal("GetToken after the report: got the revoked token")
+	}
+	if code := useHeaders(t, url+"/api/v1/resource", fresh.GetHeaders()); code != http.StatusOK {
+		t.Errorf("fresh token upstream: got %d, want 200", code)
+	}
+	if n := sim.Logins(); n != 2 {
+		t.Errorf("upstream logins: got %d, want 2", n)
+	}
+
+	// REST: a report of the fresh token inside the interval is refused, and
+	// the token keeps being served.
+	r := s.rest(http.MethodPost, "/v1/token:invalidate", fmt.Sprintf(`{"provider":"kyc","access_token":%q,"upstream_status":401}`, fresh.GetAccessToken()))
+	if r.Status != http.StatusOK || r.Body["invalidated"] != false {
+		t.Errorf("REST report inside the interval: got %d %s, want 200 with invalidated false", r.Status, r.Raw)
+	}
+	if again := s.mustGet("kyc"); again.GetAccessToken() != fresh.GetAccessToken() {
+		t.Error("the token reported inside the interval was dropped")
+	}
+	// A made-up token costs nothing.
+	r = s.rest(http.MethodPost, "/v1/token:invalidate", `{"provider":"kyc","access_token":"made-up"}`)
+	if r.Status != http.StatusOK || r.Body["invalidated"] != false {
+		t.Errorf("REST report of a made-up token: got %d %s, want 200 with invalidated false", r.Status, r.Raw)
+	}
+	if n := sim.Logins(); n != 2 {
+		t.Errorf("upstream logins after refused reports: got %d, want 2", n)
+	}
+	// An unknown provider is NOT_FOUND over REST as over gRPC.
+	if r := s.rest(http.MethodPost, "/v1/token:invalidate", `{"provider":"nope","access_token":"x"}`); r.Status != http.StatusNotFound {
+		t.Errorf("REST report for an unknown provider: got %d %s, want 404", r.Status, r.Raw)
+	}
+
+	logs := s.logs.String()
+	if !strings.Contains(logs, `"token_sha256":"`+server.Fingerprint(old.GetAccessToken())+`"`) ||
+		!strings.Contains(logs, `"upstream_status":401`) || !strings.Contains(logs, `"result":"invalidated"`) {
+		t.Errorf("no audit line of the report with fingerprint, upstream status and result:\n%s", logs)
+	}
+	for _, tok := range []string{old.GetAccessToken(), fresh.GetAccessToken()} {
+		if strings.Contains(logs, tok) {
+			t.Error("the log holds a token")
+		}
+	}
+	// Of the 102 reports, one invalidated; the rest found the token
+	// already dropped, made up, or inside the interval.
+	total := 0.0
+	for _, result := range []string{"invalidated", "not_current", "rate_limited"} {
+		if v := s.metric("tokenvend_invalidations_total", `provider="kyc",result="`+result+`"`); v > 0 {
+			total += v
+		}
+	}
+	if s.metric("tokenvend_invalidations_total", `provider="kyc",result="invalidated"`) != 1 || total != 102 {
+		t.Errorf("tokenvend_invalidations_total: invalidated %v, all %v; want 1 and 102",
+			s.metric("tokenvend_invalidations_total", `provider="kyc",result="invalidated"`), total)
+	}
+}
+
+// TestInvalidateTokenNeedsTheGrant: a report takes the same identity and
+// grants as GetToken.
+func TestInvalidateTokenNeedsTheGrant(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	sim, url := kycSim(t, clk)
+	key, otherKey := "kyc-key-9f2d", "other-key-03ab"
+	hashOf := func(s string) string { sum := sha256.Sum256([]byte(s)); return hex.EncodeToString(sum[:]) }
+	s := startService(t, clk, fmt.Sprintf(`
+callers:
+  - id: key:kyc
+    api_key_sha256: %s
+    allow: [{provider: kyc}]
+  - id: key:other
+    api_key_sha256: %s
+    allow: [{provider: other}]
+providers:%s%s`, hashOf(key), hashOf(otherKey), kycProvider("kyc", url, kycPassword), kycProvider("other", url, kycPassword)))
+	as := func(k string) context.Context {
+		return metadata.AppendToOutgoingContext(context.Background(), "x-api-key", k)
+	}
+	tok, err := s.client.GetToken(as(key), &tokenvendv1.GetTokenRequest{Provider: "kyc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &tokenvendv1.InvalidateTokenRequest{Provider: "kyc", AccessToken: tok.GetAccessToken()}
+	if _, err := s.client.InvalidateToken(context.Background(), req); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("unidentified report: got %v, want Unauthenticated", err)
+	}
+	if _, err := s.client.InvalidateToken(as(otherKey), req); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("report by a caller without the grant: got %v, want PermissionDenied", err)
+	}
+	if n := sim.Logins(); n != 1 {
+		t.Errorf("upstream logins after refused reports: got %d, want 1", n)
+	}
+	resp, err := s.client.InvalidateToken(as(key), req)
+	if err != nil || !resp.GetInvalidated() {
+		t.Errorf("report by the granted caller: got %v, %v; want invalidated", resp, err)
+	}
+}

@@ -1,0 +1,93 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/auth"
+	"github.com/tokenvend/tokenvend/internal/broker"
+	"github.com/tokenvend/tokenvend/internal/token"
+)
+
+// InvalidateToken handles a caller's report that the upstream refused a
+// credential tokenvend vended: the same identity and grants as GetToken,
+// an audit line, and tokenvend_invalidations_total.
+func (s *Server) InvalidateToken(ctx context.Context, req *tokenvendv1.InvalidateTokenRequest) (*tokenvendv1.InvalidateTokenResponse, error) {
+	caller, _ := auth.CallerFrom(ctx)
+	r := broker.Request{Provider: req.GetProvider(), Scope: req.GetScope(), Subject: req.GetSubject()}
+	shown := broker.Shown(r)
+	result, scope, err := s.invalidate(ctx, caller, r, shown.Scope, req.GetAccessToken())
+	code := codes.OK
+	var st error
+	if err != nil {
+		st = toStatus(err, shown.Provider)
+		code = status.Code(st)
+		result = token.Invalidation("error")
+	}
+	s.invalidations.add(s.known(req.GetProvider()), string(result))
+	s.auditInvalidation(ctx, caller, shown, scope, req, code, result)
+	if err != nil {
+		return nil, st
+	}
+	return &tokenvendv1.InvalidateTokenResponse{Invalidated: result == token.Invalidated}, nil
+}
+
+func (s *Server) invalidate(ctx context.Context, caller string, r broker.Request, shownScope, accessToken string) (token.Invalidation, string, error) {
+	if err := s.identified(caller); err != nil {
+		return "", shownScope, err
+	}
+	scope, err := s.permit(caller, r, shownScope)
+	if err != nil {
+		return "", scope, err
+	}
+	result, err := s.broker.Invalidate(ctx, r, accessToken)
+	return result, scope, err
+}
+
+// auditInvalidation writes the audit line of a report: who reported which
+// token (its fingerprint, never the token) of what, the upstream's status,
+// and what the report did.
+func (s *Server) auditInvalidation(ctx context.Context, caller string, r broker.Request, scope string, req *tokenvendv1.InvalidateTokenRequest, code codes.Code, result token.Invalidation) {
+	attrs := []slog.Attr{
+		slog.String("caller", caller), slog.String("provider", r.Provider),
+		slog.String("scope", scope), slog.String("subject", r.Subject),
+		slog.String("code", code.String()), slog.String("result", string(result)),
+		slog.Int("upstream_status", int(req.GetUpstreamStatus())),
+	}
+	if req.GetAccessToken() != "" {
+		attrs = append(attrs, slog.String("token_sha256", Fingerprint(req.GetAccessToken())))
+	}
+	if sc := trace.SpanFromContext(ctx).SpanContext(); sc.HasTraceID() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+	}
+	rec := slog.NewRecord(time.Now(), slog.LevelInfo, "audit invalidate", 0)
+	rec.AddAttrs(attrs...)
+	_ = s.log.Handler().Handle(ctx, rec)
+}
+
+// known returns provider when it is configured, else "": a caller's typo
+// must not mint a new metric series.
+func (s *Server) known(provider string) string {
+	if _, ok := s.requests.ok[provider]; ok {
+		return provider
+	}
+	return ""
+}
+
+// invalidationCounts count reports by provider and result.
+type invalidationCounts struct {
+	counter metric.Int64Counter
+}
+
+func (c invalidationCounts) add(provider, result string) {
+	c.counter.Add(context.Background(), 1, metric.WithAttributes(
+		attribute.String("provider", provider), attribute.String("result", result)))
+}
