@@ -29,7 +29,11 @@ func (p *Policy) Interceptor() grpc.UnaryServerInterceptor {
 		if vals := metadata.ValueFromIncomingContext(ctx, APIKeyHeader); len(vals) == 1 {
 			key = vals[0]
 		}
-		if id, ok := p.Identify(cert, metadata.ValueFromIncomingContext(ctx, XFCCHeader), key); ok {
+		var xfcc []string
+		if p.mesh { // elsewhere the header means nothing and is not read
+			xfcc = metadata.ValueFromIncomingContext(ctx, XFCCHeader)
+		}
+		if id, ok := p.Identify(cert, xfcc, key); ok {
 			ctx = WithCaller(ctx, id)
 		}
 		return handler(ctx, req)
@@ -46,7 +50,11 @@ func (p *Policy) HTTP(next http.Handler) http.Handler {
 		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
 			cert = r.TLS.VerifiedChains[0][0]
 		}
-		if id, ok := p.Identify(cert, r.Header.Values(XFCCHeader), r.Header.Get(APIKeyHeader)); ok {
+		var xfcc []string
+		if p.mesh {
+			xfcc = r.Header.Values(XFCCHeader)
+		}
+		if id, ok := p.Identify(cert, xfcc, r.Header.Get(APIKeyHeader)); ok {
 			r = r.WithContext(WithCaller(r.Context(), id))
 		}
 		next.ServeHTTP(w, r)
