@@ -21,6 +21,7 @@ const (
 	baseDir       = "kubernetes/base"
 	overlayDir    = "kubernetes/overlays/example"
 	secretExample = "kubernetes/base/secret.example.yaml"
+	certExample   = "kubernetes/base/certificate.example.yaml"
 
 	container  = "tokenvend"
 	configKey  = "config.yaml"
@@ -30,6 +31,7 @@ const (
 	callerKey  = "tokenvend.dev/caller"
 	namespace  = "tokenvend" // the example overlay's
 	secretName = "tokenvend-secrets"
+	tlsSecret  = "tokenvend-tls"
 )
 
 // TestManifests renders the base and the example overlay and checks each
@@ -99,6 +101,8 @@ type pod struct {
 	configMount       corev1.VolumeMount
 	secret            *corev1.SecretVolumeSource
 	secretMount       corev1.VolumeMount
+	tls               *corev1.SecretVolumeSource // the servers' certificate, if mounted
+	tlsMount          corev1.VolumeMount
 	configText        string
 	exampleSecretKeys map[string]string
 }
@@ -138,9 +142,11 @@ func workload(t *testing.T, o *objects) *pod {
 			if w.config == nil {
 				t.Fatalf("volume %s: ConfigMap %s is not in the rendering", v.Name, v.ConfigMap.Name)
 			}
+		case v.Secret != nil && v.Secret.SecretName == tlsSecret:
+			w.tls, w.tlsMount = v.Secret, m
 		case v.Secret != nil:
 			if w.secret != nil {
-				t.Fatalf("volume %s: a second secret volume; the checks expect one", v.Name)
+				t.Fatalf("volume %s: a second secret volume besides %s; the checks expect one", v.Name, tlsSecret)
 			}
 			w.secret, w.secretMount = v.Secret, m
 		}
@@ -191,20 +197,28 @@ func checkDeployment(t *testing.T, w *pod) {
 			t.Errorf("container port %s: got %d, want %d", name, got, want)
 		}
 	}
-	probes := map[string]*corev1.Probe{"readinessProbe": c.ReadinessProbe, "livenessProbe": c.LivenessProbe}
-	for name, p := range probes {
+	// The probes ask the whole server: gRPC health for the service "", or
+	// (with TLS, which the kubelet's gRPC probe cannot speak) /readyz and
+	// /healthz on the HTTP port. A provider's health name goes NOT_SERVING
+	// on rejected credentials, which every replica shares: probing it would
+	// take every pod out (readiness) or restart them (liveness).
+	probes := map[string]struct {
+		p    *corev1.Probe
+		path string
+	}{"readinessProbe": {c.ReadinessProbe, "/readyz"}, "livenessProbe": {c.LivenessProbe, "/healthz"}}
+	for name, pr := range probes {
+		p := pr.p
 		switch {
 		case p == nil:
 			t.Errorf("%s: missing", name)
-		case p.GRPC == nil || p.HTTPGet != nil || p.TCPSocket != nil || p.Exec != nil:
-			t.Errorf("%s: got %+v, want the gRPC health probe", name, p.ProbeHandler)
-		case p.GRPC.Port != grpcPort:
+		case p.TCPSocket != nil || p.Exec != nil || (p.GRPC == nil) == (p.HTTPGet == nil):
+			t.Errorf("%s: got %+v, want the gRPC health probe or an HTTP GET of %s", name, p.ProbeHandler, pr.path)
+		case p.GRPC != nil && p.GRPC.Port != grpcPort:
 			t.Errorf("%s: gRPC port %d, want %d", name, p.GRPC.Port, grpcPort)
-		case deref(p.GRPC.Service) != "":
-			// A provider's health name goes NOT_SERVING on rejected
-			// credentials, which every replica shares: probing it would
-			// take every pod out (readiness) or restart them (liveness).
+		case p.GRPC != nil && deref(p.GRPC.Service) != "":
 			t.Errorf("%s: gRPC service %q, want \"\" (the whole server)", name, *p.GRPC.Service)
+		case p.HTTPGet != nil && (containerPort(c, p.HTTPGet.Port) != httpPort || p.HTTPGet.Path != pr.path):
+			t.Errorf("%s: GET %s on port %s, want %s on the http port (%d)", name, p.HTTPGet.Path, p.HTTPGet.Port.String(), pr.path, httpPort)
 		}
 	}
 
@@ -292,6 +306,22 @@ func checkDeployment(t *testing.T, w *pod) {
 	if m := w.secret.DefaultMode; m == nil || *m&0o007 != 0 {
 		t.Errorf("secret defaultMode: got %o, want no access for others", deref(m))
 	}
+	if w.tls != nil {
+		// cert-manager renews the certificate in place: only a directory
+		// mount sees the new files.
+		if w.tlsMount.SubPath != "" || w.tlsMount.SubPathExpr != "" {
+			t.Errorf("%s mount: subPath %q: a subPath mount never sees a renewed certificate", tlsSecret, w.tlsMount.SubPath)
+		}
+		if !w.tlsMount.ReadOnly {
+			t.Errorf("%s mount: want readOnly", tlsSecret)
+		}
+		if m := w.tls.DefaultMode; m == nil || *m&0o007 != 0 {
+			t.Errorf("%s defaultMode: got %o, want no access for others (it holds the key)", tlsSecret, deref(m))
+		}
+		if w.tls.Optional != nil && *w.tls.Optional {
+			t.Errorf("%s volume: optional, so a pod without its certificate would start", tlsSecret)
+		}
+	}
 }
 
 // exampleConfig is the part of tokenvend's config these checks read.
@@ -301,10 +331,14 @@ type exampleConfig struct {
 		HTTPAddr        string `json:"http_addr"`
 		ShutdownTimeout string `json:"shutdown_timeout"`
 		TLS             struct {
-			Cert string `json:"cert"`
+			Cert     string `json:"cert"`
+			Key      string `json:"key"`
+			ClientCA string `json:"client_ca"`
 		} `json:"tls"`
+		TLSTerminatedByMesh bool `json:"tls_terminated_by_mesh"`
 	} `json:"server"`
 	Providers []map[string]any `json:"providers"`
+	Callers   []map[string]any `json:"callers"`
 }
 
 // checkConfig checks the config in the ConfigMap against the pod: it
@@ -346,10 +380,7 @@ func checkConfig(t *testing.T, w *pod) {
 		t.Errorf("preStop sleep %v + server.shutdown_timeout %v: not within terminationGracePeriodSeconds %v", preStop, drain, grace)
 	}
 
-	// The kubelet's gRPC probe cannot speak TLS.
-	if cfg.Server.TLS.Cert != "" && (w.c.ReadinessProbe.GRPC != nil || w.c.LivenessProbe.GRPC != nil) {
-		t.Error("server.tls with gRPC probes: the kubelet's gRPC probe cannot speak TLS; probe /healthz over HTTPS")
-	}
+	checkTLS(t, w, &cfg)
 	files, envs := secretRefs(t, w.configText)
 	if len(files) == 0 {
 		t.Errorf("%s: no {file: ...} secret", configKey)
@@ -371,6 +402,67 @@ func checkConfig(t *testing.T, w *pod) {
 				t.Errorf("providers[%d].password: want {file: ...}", i)
 			}
 		}
+	}
+}
+
+// checkTLS checks that callers' API keys and tokens never cross the pod
+// network in the clear: the config has callers (it listens beyond
+// loopback), and with them either server.tls, whose files come from the
+// mounted Secret that certificate.example.yaml has cert-manager keep, or
+// server.tls_terminated_by_mesh. The probes speak what the ports serve.
+func checkTLS(t *testing.T, w *pod, cfg *exampleConfig) {
+	t.Helper()
+	if len(cfg.Callers) == 0 {
+		t.Errorf("%s: no callers, so on 0.0.0.0 anyone who reaches the ports would get every token", configKey)
+	}
+	tlsOn := cfg.Server.TLS.Cert != ""
+	if !tlsOn && !cfg.Server.TLSTerminatedByMesh {
+		t.Fatalf("%s: callers on 0.0.0.0 with neither server.tls nor server.tls_terminated_by_mesh: API keys and tokens would cross the network in the clear", configKey)
+	}
+	for name, p := range map[string]*corev1.Probe{"readinessProbe": w.c.ReadinessProbe, "livenessProbe": w.c.LivenessProbe} {
+		if p == nil {
+			continue
+		}
+		if tlsOn && p.GRPC != nil {
+			t.Errorf("%s: gRPC with server.tls: the kubelet's gRPC probe cannot speak TLS; probe over HTTPS", name)
+		}
+		if p.HTTPGet != nil && (p.HTTPGet.Scheme == corev1.URISchemeHTTPS) != tlsOn {
+			t.Errorf("%s: scheme %q, want HTTPS exactly when server.tls is set (%v)", name, p.HTTPGet.Scheme, tlsOn)
+		}
+	}
+	if !tlsOn {
+		return
+	}
+	if w.tls == nil {
+		t.Fatalf("server.tls: no volume of the Secret %s mounted", tlsSecret)
+	}
+	// The keys of a kubernetes.io/tls Secret, as cert-manager writes it.
+	for key, f := range map[string]string{"tls.crt": cfg.Server.TLS.Cert, "tls.key": cfg.Server.TLS.Key, "ca.crt": cfg.Server.TLS.ClientCA} {
+		if f != "" && f != path.Join(w.tlsMount.MountPath, key) {
+			t.Errorf("server.tls: %s, want %s from the mounted Secret %s", f, path.Join(w.tlsMount.MountPath, key), tlsSecret)
+		}
+	}
+	var cert struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Spec       struct {
+			SecretName string   `json:"secretName"`
+			DNSNames   []string `json:"dnsNames"`
+			Usages     []string `json:"usages"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(readFile(t, certExample), &cert); err != nil {
+		t.Fatalf("%s: %v", certExample, err)
+	}
+	if cert.APIVersion != "cert-manager.io/v1" || cert.Kind != "Certificate" || cert.Spec.SecretName != w.tls.SecretName {
+		t.Errorf("%s: got %s %s for Secret %q, want a cert-manager.io/v1 Certificate for the mounted %q", certExample, cert.APIVersion, cert.Kind, cert.Spec.SecretName, w.tls.SecretName)
+	}
+	// Callers dial the Service by its name in the overlay's namespace.
+	if want := "tokenvend." + namespace + ".svc"; !slices.Contains(cert.Spec.DNSNames, want) {
+		t.Errorf("%s: dnsNames %v, want %s among them", certExample, cert.Spec.DNSNames, want)
+	}
+	if !slices.Contains(cert.Spec.Usages, "server auth") {
+		t.Errorf("%s: usages %v, want server auth", certExample, cert.Spec.Usages)
 	}
 }
 

@@ -43,7 +43,8 @@ import (
 type Options struct {
 	// Log receives the service's log (JSON to stderr when nil).
 	Log *slog.Logger
-	// Now is the clock of caches and providers (time.Now when nil).
+	// Now is the clock of caches and providers, and spaces the looks at
+	// the TLS files (time.Now when nil).
 	Now func() time.Time
 	// SpanExporter, when set, receives every span (tests).
 	SpanExporter sdktrace.SpanExporter
@@ -144,15 +145,22 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		Log:              o.Log,
 	}, a.providerHeld)
 	policy := auth.New(cfg.Callers)
+	if cfg.Server.TLSTerminatedByMesh {
+		policy = policy.InMesh()
+	}
 	srv, err := server.New(a.broker, policy, o.Log, a.tel.Meter.Meter("tokenvend"))
 	if err != nil {
 		return nil, err
 	}
 	var tlsCfg *tls.Config
 	if cfg.Server.TLS.Enabled() {
-		if tlsCfg, err = cfg.Server.TLS.LoadTLS(); err != nil {
+		// The certificate, key and client CA are read again when their
+		// files change (cert-manager, SPIFFE helpers rotate them in place).
+		r, err := cfg.Server.TLS.Reloading(o.Log, o.Now)
+		if err != nil {
 			return nil, err
 		}
+		tlsCfg = r.Config()
 	}
 
 	opts := []grpc.ServerOption{

@@ -441,7 +441,8 @@ func TestLoopbackDefault(t *testing.T) {
 	for _, ok := range []string{
 		"server: {grpc_addr: '127.0.0.1:0', http_addr: '[::1]:0'}\n",
 		"server: {grpc_addr: '0.0.0.0:0', http_addr: '0.0.0.0:0', insecure_allow_any_caller: true}\n",
-		"server: {grpc_addr: '0.0.0.0:0', http_addr: '0.0.0.0:0'}\ncallers: []\n",
+		// Callers beyond loopback need TLS, here from a mesh sidecar.
+		"server: {grpc_addr: '0.0.0.0:0', http_addr: '0.0.0.0:0', tls_terminated_by_mesh: true}\ncallers: []\n",
 	} {
 		cfg, err := config.Parse([]byte(ok + provider))
 		if err != nil {

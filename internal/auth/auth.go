@@ -1,8 +1,10 @@
 // Package auth decides who is asking and what they may get. A caller is
 // identified by its client certificate (verified against the configured
-// client CA: its URI SAN, a SPIFFE ID, else its subject CN) or by an API
-// key, whose SHA-256 is compared in constant time with the configured
-// hashes. A Policy then checks each request against the caller's grants.
+// client CA: its URI SAN, a SPIFFE ID, else its subject CN), in a mesh by
+// the certificate the sidecar verified (the x-forwarded-client-cert
+// header), or by an API key, whose SHA-256 is compared in constant time
+// with the configured hashes. A Policy then checks each request against
+// the caller's grants.
 package auth
 
 import (
@@ -19,8 +21,11 @@ import (
 // Policy holds the configured callers and their grants.
 type Policy struct {
 	enforced bool
-	byID     map[string]*caller
-	keyed    []*caller
+	// mesh: a sidecar terminates mutual TLS and names the caller in the
+	// x-forwarded-client-cert header.
+	mesh  bool
+	byID  map[string]*caller
+	keyed []*caller
 }
 
 type caller struct {
@@ -61,18 +66,39 @@ func New(callers []config.Caller) *Policy {
 	return p
 }
 
+// InMesh returns a copy of p that also identifies callers by the
+// x-forwarded-client-cert header, for a pod whose mesh sidecar terminates
+// mutual TLS (server.tls_terminated_by_mesh). Without it the header is
+// ignored like any other: whoever sends it would otherwise pick an
+// identity.
+func (p *Policy) InMesh() *Policy {
+	q := *p
+	q.mesh = true
+	return &q
+}
+
 // Enforced reports whether callers must be identified and allowed.
 func (p *Policy) Enforced() bool { return p.enforced }
 
 // Identify returns the identity of a caller that presented a verified
-// certificate (nil if none) and an API key ("" if none). A certificate
-// wins; a key identifies only when it matches a configured caller. ok is
-// false when the caller is not identified.
-func (p *Policy) Identify(cert *x509.Certificate, apiKey string) (id string, ok bool) {
+// certificate (nil if none), the values of an x-forwarded-client-cert
+// header (nil if none) and an API key ("" if none). A certificate on the
+// connection itself wins. Then, in a mesh only, the header's identity, if
+// it names a caller configured to prove itself by certificate: every
+// caller in a mesh comes with one, and an API-key caller must still be
+// identified by its key. A key identifies only when it matches a
+// configured caller. ok is false when the caller is not identified.
+func (p *Policy) Identify(cert *x509.Certificate, xfcc []string, apiKey string) (id string, ok bool) {
 	if cert != nil {
 		// A certificate cannot claim the identity of a caller that is
 		// configured to prove itself with an API key.
 		if id := CertID(cert); id != "" && (p.byID[id] == nil || p.byID[id].keyHash == nil) {
+			return id, true
+		}
+	}
+	if p.mesh && len(xfcc) == 1 {
+		// One header only: two would leave open which one the sidecar set.
+		if id, err := xfccURI(xfcc[0]); err == nil && p.byID[id] != nil && p.byID[id].keyHash == nil {
 			return id, true
 		}
 	}

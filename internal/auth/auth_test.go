@@ -152,7 +152,7 @@ func TestIdentify(t *testing.T) {
 		{"nothing", nil, "", "", false},
 		{"empty certificate", &x509.Certificate{}, "", "", false},
 	} {
-		id, ok := p.Identify(tc.cert, tc.key)
+		id, ok := p.Identify(tc.cert, nil, tc.key)
 		if id != tc.wantID || ok != tc.wantOK {
 			t.Errorf("%s: got %q %v, want %q %v", tc.name, id, ok, tc.wantID, tc.wantOK)
 		}
@@ -164,10 +164,10 @@ func TestIdentify(t *testing.T) {
 func TestCertificateCannotClaimKeyCaller(t *testing.T) {
 	t.Parallel()
 	p := New([]config.Caller{{ID: "key:reporting", APIKeySHA256: hash("k")}})
-	if id, ok := p.Identify(&x509.Certificate{Subject: pkix.Name{CommonName: "key:reporting"}}, ""); ok {
+	if id, ok := p.Identify(&x509.Certificate{Subject: pkix.Name{CommonName: "key:reporting"}}, nil, ""); ok {
 		t.Errorf("got %q identified by a certificate, want not identified", id)
 	}
-	if id, ok := p.Identify(&x509.Certificate{Subject: pkix.Name{CommonName: "key:reporting"}}, "k"); !ok || id != "key:reporting" {
+	if id, ok := p.Identify(&x509.Certificate{Subject: pkix.Name{CommonName: "key:reporting"}}, nil, "k"); !ok || id != "key:reporting" {
 		t.Errorf("with the key too: got %q %v, want key:reporting", id, ok)
 	}
 }

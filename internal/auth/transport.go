@@ -15,7 +15,8 @@ import (
 const APIKeyHeader = "x-api-key"
 
 // Interceptor identifies callers of the gRPC port by their verified
-// client certificate or their x-api-key metadata.
+// client certificate, in a mesh the x-forwarded-client-cert metadata, or
+// their x-api-key metadata.
 func (p *Policy) Interceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		var cert *x509.Certificate
@@ -28,7 +29,11 @@ func (p *Policy) Interceptor() grpc.UnaryServerInterceptor {
 		if vals := metadata.ValueFromIncomingContext(ctx, APIKeyHeader); len(vals) == 1 {
 			key = vals[0]
 		}
-		if id, ok := p.Identify(cert, key); ok {
+		var xfcc []string
+		if p.mesh { // elsewhere the header means nothing and is not read
+			xfcc = metadata.ValueFromIncomingContext(ctx, XFCCHeader)
+		}
+		if id, ok := p.Identify(cert, xfcc, key); ok {
 			ctx = WithCaller(ctx, id)
 		}
 		return handler(ctx, req)
@@ -36,7 +41,8 @@ func (p *Policy) Interceptor() grpc.UnaryServerInterceptor {
 }
 
 // HTTP identifies REST callers by the verified certificate of their TLS
-// connection or their x-api-key header, and passes the identity on in the
+// connection, in a mesh the x-forwarded-client-cert header, or their
+// x-api-key header, and passes the identity on in the
 // request's context, which the gateway hands to the Server.
 func (p *Policy) HTTP(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -44,7 +50,11 @@ func (p *Policy) HTTP(next http.Handler) http.Handler {
 		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
 			cert = r.TLS.VerifiedChains[0][0]
 		}
-		if id, ok := p.Identify(cert, r.Header.Get(APIKeyHeader)); ok {
+		var xfcc []string
+		if p.mesh {
+			xfcc = r.Header.Values(XFCCHeader)
+		}
+		if id, ok := p.Identify(cert, xfcc, r.Header.Get(APIKeyHeader)); ok {
 			r = r.WithContext(WithCaller(r.Context(), id))
 		}
 		next.ServeHTTP(w, r)

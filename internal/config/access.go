@@ -54,18 +54,40 @@ type Grant struct {
 // without a certificate still connects (health probes, API-key callers);
 // one whose certificate is not signed by the CA does not.
 func (t TLS) LoadTLS() (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	f, err := t.read()
+	if err != nil {
+		return nil, err
+	}
+	return t.parse(f)
+}
+
+// tlsFiles are the contents of the TLS files.
+type tlsFiles struct{ cert, key, clientCA []byte }
+
+func (t TLS) read() (f tlsFiles, err error) {
+	if f.cert, err = os.ReadFile(t.Cert); err == nil {
+		f.key, err = os.ReadFile(t.Key)
+	}
+	if err != nil {
+		return f, Errorf("server.tls.cert", "cannot load the certificate and key: %v", err)
+	}
+	if t.ClientCA != "" {
+		if f.clientCA, err = os.ReadFile(t.ClientCA); err != nil {
+			return f, Errorf("server.tls.client_ca", "cannot read: %v", errors.Unwrap(err))
+		}
+	}
+	return f, nil
+}
+
+func (t TLS) parse(f tlsFiles) (*tls.Config, error) {
+	cert, err := tls.X509KeyPair(f.cert, f.key)
 	if err != nil {
 		return nil, Errorf("server.tls.cert", "cannot load the certificate and key: %v", err)
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if t.ClientCA != "" {
-		pem, err := os.ReadFile(t.ClientCA)
-		if err != nil {
-			return nil, Errorf("server.tls.client_ca", "cannot read: %v", errors.Unwrap(err))
-		}
 		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
+		if !pool.AppendCertsFromPEM(f.clientCA) {
 			return nil, Errorf("server.tls.client_ca", "holds no PEM certificate")
 		}
 		cfg.ClientCAs = pool
@@ -89,6 +111,17 @@ func (c *Config) validateAccess() []error {
 		}
 	}
 
+	if c.Callers != nil && !t.Enabled() && !c.Server.TLSTerminatedByMesh {
+		// Callers send API keys and get tokens: beyond loopback, both
+		// would cross the network in the clear.
+		for _, addr := range []string{c.Server.GRPCAddr, c.Server.HTTPAddr} {
+			if !loopback(addr) {
+				errs = append(errs, Errorf("server.tls", "is required: %s listens beyond loopback, so callers' API keys and the tokens they get would cross the network in the clear; configure server.tls, or set server.tls_terminated_by_mesh: true if a mesh sidecar terminates mutual TLS in front of the ports", addr))
+				break
+			}
+		}
+	}
+
 	providers := map[string]bool{}
 	for _, p := range c.Providers {
 		providers[p.Name] = true
@@ -108,8 +141,8 @@ func (c *Config) validateAccess() []error {
 			if b, err := hex.DecodeString(caller.APIKeySHA256); err != nil || len(b) != 32 {
 				errs = append(errs, Errorf(Join(path, "api_key_sha256"), "must be 64 hex digits (the SHA-256 of the key)"))
 			}
-		} else if t.ClientCA == "" {
-			errs = append(errs, Errorf(Join(path, "id"), "a caller without api_key_sha256 is identified by its certificate, which needs server.tls.client_ca"))
+		} else if t.ClientCA == "" && !c.Server.TLSTerminatedByMesh {
+			errs = append(errs, Errorf(Join(path, "id"), "a caller without api_key_sha256 is identified by its certificate, which needs server.tls.client_ca (or server.tls_terminated_by_mesh)"))
 		}
 		for j, g := range caller.Allow {
 			gpath := fmt.Sprintf("%s.allow[%d]", path, j)

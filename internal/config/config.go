@@ -39,6 +39,12 @@ type Server struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// TLS, when its cert is set, makes both ports serve TLS.
 	TLS TLS `yaml:"tls"`
+	// TLSTerminatedByMesh says a mesh sidecar in the pod (Istio, Consul)
+	// terminates mutual TLS in front of the ports, which then may serve
+	// plaintext to it, and identifies callers by the x-forwarded-client-cert
+	// header the sidecar sets. It trusts that header: only the sidecar may
+	// reach the ports.
+	TLSTerminatedByMesh bool `yaml:"tls_terminated_by_mesh"`
 	// InsecureAllowAnyCaller lets a service without callers listen beyond
 	// loopback. Only for networks where reaching the port is the policy.
 	InsecureAllowAnyCaller bool `yaml:"insecure_allow_any_caller"`
