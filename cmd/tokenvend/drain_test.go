@@ -20,23 +20,13 @@ import (
 	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
 )
 
-// TestMain lets a test run this package's main in a child process, so it
-// can be sent a real SIGTERM.
-func TestMain(m *testing.M) {
-	if os.Getenv("TOKENVEND_TEST_RUN_MAIN") == "1" {
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
 // startBinary runs `tokenvend serve --config cfg` as a child process and
 // returns it with its HTTP address, read from its "tokenvend serving" log
 // line. Its log goes on to logs.
 func startBinary(t *testing.T, cfg string, logs io.Writer) (*exec.Cmd, string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "serve", "--config", cfg)
-	cmd.Env = append(os.Environ(), "TOKENVEND_TEST_RUN_MAIN=1")
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

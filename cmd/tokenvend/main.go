@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return serve(ctx, cfg, log)
+		return serve(ctx, cfg, log, stderr)
 	case "check":
 		path := fs.String("config", "", "the config file")
 		if err := parse(fs, args[1:], true); err != nil {
@@ -99,7 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for provider, url := range d.Upstreams {
 			log.Info("demo upstream", "provider", provider, "protected_endpoint", url)
 		}
-		return serve(ctx, d.Config, log)
+		return serve(ctx, d.Config, log, stderr)
 	case "identityx":
 		return identityxCommand(ctx, args[1:], stdout, stderr)
 	case "get":
@@ -143,8 +143,12 @@ func loadChecked(path string) (*config.Config, error) {
 	return cfg, nil
 }
 
-func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	a, err := app.New(ctx, cfg, app.Options{Log: log})
+// serve runs the service. The audit lines share stderr with the log: every
+// log line and every batch of audit lines is one Write call, and an
+// *os.File holds its write lock for the whole of a Write, so lines never
+// interleave.
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.Writer) error {
+	a, err := app.New(ctx, cfg, app.Options{Log: log, Audit: stderr})
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,18 @@ import (
 	"testing"
 )
 
+// runMainEnv makes the test binary run main instead of the tests: a child
+// process that is the real command, with its real stderr and signals.
+const runMainEnv = "TOKENVEND_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
 func writeConfig(t *testing.T, body string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "tokenvend.yaml")

@@ -11,9 +11,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -30,6 +32,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/audit"
 	"github.com/tokenvend/tokenvend/internal/auth"
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/config"
@@ -43,6 +46,10 @@ import (
 type Options struct {
 	// Log receives the service's log (JSON to stderr when nil).
 	Log *slog.Logger
+	// Audit receives the audit lines, JSON like Log's, in group commit:
+	// each Write call carries whole lines, and a GetToken answers only
+	// once its line is written (stderr when nil).
+	Audit io.Writer
 	// Now is the clock of caches and providers, and spaces the looks at
 	// the TLS files (time.Now when nil).
 	Now func() time.Time
@@ -87,6 +94,9 @@ type App struct {
 func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
+	}
+	if o.Audit == nil {
+		o.Audit = os.Stderr
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -148,7 +158,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	if cfg.Server.TLSTerminatedByMesh {
 		policy = policy.InMesh()
 	}
-	srv, err := server.New(a.broker, policy, o.Log, a.tel.Meter.Meter("tokenvend"))
+	srv, err := server.New(a.broker, policy, o.Log, audit.New(o.Audit), a.tel.Meter.Meter("tokenvend"))
 	if err != nil {
 		return nil, err
 	}

@@ -39,7 +39,8 @@ func startBenchService(b *testing.B) *benchService {
 	// The service's log as `tokenvend demo` writes it: JSON lines, each
 	// written to a file (/dev/null), so formatting and writing a line per
 	// call, if there is one, count as they do in production.
-	a, err := app.New(ctx, d.Config, app.Options{Log: slog.New(slog.NewJSONHandler(benchLogSink(b), nil))})
+	sink := benchLogSink(b)
+	a, err := app.New(ctx, d.Config, app.Options{Log: slog.New(slog.NewJSONHandler(sink, nil)), Audit: sink})
 	if err != nil {
 		cancel()
 		b.Fatal(err)

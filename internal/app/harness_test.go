@@ -94,6 +94,7 @@ func startApp(t *testing.T, clk *clocktest.Clock, cfg *config.Config) (s *servic
 	s = &service{t: t, logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter()}
 	o := app.Options{
 		Log:          slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Audit:        s.logs,
 		SpanExporter: s.spans,
 		RetryBase:    time.Millisecond,
 		DrainDelay:   -1, // each test's stop would wait for it

@@ -407,3 +407,83 @@ func TestIbaneraDemo(t *testing.T) {
 		t.Errorf("demo ibanera logins: got %d, want 1", d.Simulators["ibanera"].(*ibanerasim.Server).Logins())
 	}
 }
+
+// TestIbaneraRefusalInA503IsARejection: a wrong otp refused with a code
+// tokenvend does not know, in a 503, is a rejection: bursts of callers
+// cost one login attempt per backoff period, the refusals count towards
+// max_failed_logins, and the upstream (which locks after 5 failures)
+// never locks. A 503 without an envelope is still retried as transient.
+func TestIbaneraRefusalInA503IsARejection(t *testing.T) {
+	t.Parallel()
+	t.Run("refusal", func(t *testing.T) {
+		t.Parallel()
+		clk := newClock()
+		sim := ibanerasim.New(ibanerasim.Options{
+			// Not the configured secret: every otp tokenvend sends is wrong.
+			Users:     []ibanerasim.User{{Username: ibaneraUser, Password: ibaneraPassword, TOTPSecret: "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"}},
+			SkewSteps: -1,
+			Now:       clk.Now,
+		})
+		sim.SetFault(ibanerasim.Fault{RejectStatus: http.StatusServiceUnavailable})
+		s := startService(t, clk, "cache:\n  reject_backoff: 1m\nproviders:"+ibaneraProvider(serve(t, sim), ibaneraPassword, ""))
+		burst := func(n int) {
+			t.Helper()
+			var wg sync.WaitGroup
+			for range n {
+				wg.Go(func() {
+					_, err := s.get(&tokenvendv1.GetTokenRequest{Provider: "ibanera"})
+					code, info := errorInfo(t, err)
+					if code != codes.FailedPrecondition || info.GetReason() != "CREDENTIALS_REJECTED" || info.GetMetadata()["upstream_code"] != ibanerasim.MsgOtpIncorrect {
+						t.Errorf("got %v %s %v, want FailedPrecondition CREDENTIALS_REJECTED upstream_code %s", code, info.GetReason(), info.GetMetadata(), ibanerasim.MsgOtpIncorrect)
+					}
+				})
+			}
+			wg.Wait()
+		}
+		for i, st := range []struct {
+			advance time.Duration
+			want    int64
+		}{
+			{0, 1},                // one attempt for the whole burst
+			{59 * time.Second, 1}, // inside the 1m hold
+			{time.Second, 2},      // the hold is over: one attempt
+			// max_failed_logins (2) reached: never sent again.
+			{2 * time.Minute, 2},
+			{4 * time.Minute, 2},
+			{30 * time.Minute, 2},
+		} {
+			clk.Advance(st.advance)
+			burst(100)
+			if got := sim.LoginAttempts(); got != st.want {
+				t.Fatalf("step %d: upstream login attempts: got %d, want %d", i, got, st.want)
+			}
+			if sim.Locked(ibaneraUser) {
+				t.Fatalf("step %d: the upstream locked the account", i)
+			}
+		}
+		if got := sim.FailedLogins(); got != 2 {
+			t.Errorf("failed logins upstream: got %d, want 2", got)
+		}
+	})
+	t.Run("503 without an envelope", func(t *testing.T) {
+		t.Parallel()
+		clk := newClock()
+		sim, url := ibaneraSim(t, clk)
+		sim.SetFault(ibanerasim.Fault{Status: http.StatusServiceUnavailable, Body: "Service Unavailable"})
+		s := startService(t, clk, "cache:\n  login_attempts: 3\n  login_timeout: 5m\nproviders:"+ibaneraProvider(url, ibaneraPassword, ""))
+		_, err := s.get(&tokenvendv1.GetTokenRequest{Provider: "ibanera"})
+		if code, info := errorInfo(t, err); code != codes.Unavailable || info.GetReason() != "UPSTREAM_UNAVAILABLE" {
+			t.Fatalf("got %v %s, want Unavailable UPSTREAM_UNAVAILABLE", code, info.GetReason())
+		}
+		if got := sim.LoginAttempts(); got != 3 {
+			t.Errorf("upstream login attempts: got %d, want 3 (login_attempts: retried as transient)", got)
+		}
+		// Each retry waited for a fresh TOTP step (the fake clock moved);
+		// nothing is held: once the upstream is back, the next call logs in.
+		sim.SetFault(ibanerasim.Fault{})
+		resp := s.mustGet("ibanera")
+		if got := useHeaders(t, url+ibanerasim.AccountsPath, resp.GetHeaders()); got != http.StatusOK {
+			t.Errorf("protected endpoint: got %d, want 200", got)
+		}
+	})
+}

@@ -89,11 +89,11 @@ func restHeaders(t *testing.T, r restResult) map[string]string {
 	return out
 }
 
-// wantInslyHeaders checks that headers are exactly the two the upstream
+// wantInslyHeaders checks that headers are exactly the three the upstream
 // needs for accessToken.
 func wantInslyHeaders(t *testing.T, via string, headers map[string]string, accessToken string) {
 	t.Helper()
-	want := map[string]string{"Authorization": "Bearer " + accessToken, "X-TENANT-ID": inslyTenant}
+	want := map[string]string{"Authorization": "Bearer " + accessToken, "X-TENANT-ID": inslyTenant, "Content-Type": "application/json; charset=UTF-8"}
 	if !maps.Equal(headers, want) {
 		t.Errorf("%s headers: got %q, want %q", via, headers, want)
 	}
@@ -134,9 +134,15 @@ func TestInslyBothGrantsEndToEnd(t *testing.T) {
 		if got := useHeaders(t, tc.url+inslysim.PoliciesPath, resp.GetHeaders()); got != http.StatusOK {
 			t.Errorf("%s: protected endpoint with gRPC headers: got %d, want 200", name, got)
 		}
-		// Both headers are needed: the bearer token alone is refused.
+		// Every header is needed: the bearer token alone is refused.
 		if got := useHeaders(t, tc.url+inslysim.PoliciesPath, map[string]string{"Authorization": resp.GetHeaders()["Authorization"]}); got != http.StatusForbidden {
 			t.Errorf("%s: protected endpoint without X-TENANT-ID: got %d, want 403", name, got)
+		}
+		// And the Content-Type that Insly's docs say every call carries.
+		noType := maps.Clone(resp.GetHeaders())
+		delete(noType, "Content-Type")
+		if got := useHeaders(t, tc.url+inslysim.PoliciesPath, noType); got != http.StatusBadRequest {
+			t.Errorf("%s: protected endpoint without Content-Type: got %d, want 400", name, got)
 		}
 
 		for _, call := range []struct{ method, path, body string }{

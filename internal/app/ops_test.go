@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -199,7 +200,7 @@ func TestStartFailureIsAnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := app.New(context.Background(), cfg, app.Options{Log: slog.New(slog.DiscardHandler)})
+	a, err := app.New(context.Background(), cfg, app.Options{Log: slog.New(slog.DiscardHandler), Audit: io.Discard})
 	if err == nil || a != nil || !strings.Contains(err.Error(), "server.grpc_addr") {
 		t.Errorf("got %v %v, want an error naming server.grpc_addr", a, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/audit"
 	"github.com/tokenvend/tokenvend/internal/auth"
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/server"
@@ -51,7 +52,7 @@ func BenchmarkGetToken(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { devNull.Close() })
-	s, err := server.New(br, auth.New(nil), slog.New(slog.NewJSONHandler(devNull, nil)), tel.Meter.Meter("tokenvend"))
+	s, err := server.New(br, auth.New(nil), slog.New(slog.NewJSONHandler(devNull, nil)), audit.New(devNull), tel.Meter.Meter("tokenvend"))
 	if err != nil {
 		b.Fatal(err)
 	}

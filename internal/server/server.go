@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/audit"
 	"github.com/tokenvend/tokenvend/internal/auth"
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/token"
@@ -34,6 +35,7 @@ type Server struct {
 	broker   *broker.Broker
 	policy   *auth.Policy
 	log      *slog.Logger
+	auditLog *audit.Writer
 	requests *requestCounts
 	fps      map[string]*atomic.Pointer[fpMemo]
 
@@ -63,10 +65,11 @@ func (r *requestCounts) observe(o metric.Observer, requests metric.Int64Observab
 	}
 }
 
-// New returns a Server answering from b to the callers policy allows.
-func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, meter metric.Meter) (*Server, error) {
+// New returns a Server answering from b to the callers policy allows. The
+// audit lines go to auditLog, every other line to log.
+func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, auditLog *audit.Writer, meter metric.Meter) (*Server, error) {
 	counts := &requestCounts{ok: map[string]*atomic.Int64{}, okAttr: map[string]metric.ObserveOption{}, failed: map[[2]string]int64{}}
-	s := &Server{broker: b, policy: policy, log: log, requests: counts, fps: map[string]*atomic.Pointer[fpMemo]{}}
+	s := &Server{broker: b, policy: policy, log: log, auditLog: auditLog, requests: counts, fps: map[string]*atomic.Pointer[fpMemo]{}}
 	for _, p := range b.Providers() {
 		s.fps[p.Name] = &atomic.Pointer[fpMemo]{}
 		counts.ok[p.Name] = &atomic.Int64{}
@@ -110,7 +113,12 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 		st = toStatus(err, shown.Provider)
 		code = status.Code(st)
 	}
-	s.audit(ctx, span, caller, shown, scope, code, a)
+	if aerr := s.audit(ctx, span, caller, shown, scope, code, a); aerr != nil {
+		// No answer leaves unaudited, a token least of all.
+		err = aerr
+		st = toStatus(err, shown.Provider)
+		code = status.Code(st)
+	}
 	if err != nil {
 		s.fail(ctx, req.GetProvider(), code, err)
 		return nil, st
@@ -216,10 +224,16 @@ func (s *Server) authorize(caller, provider, scope string, isDefault bool, subje
 	}
 }
 
+// ReasonAuditUnavailable: the audit line of a GetToken could not be
+// written, so the answer was withheld.
+const ReasonAuditUnavailable = "AUDIT_UNAVAILABLE"
+
 // audit writes the one audit line of a GetToken, and the same as a span
 // event: who asked for what, the outcome, and a fingerprint of the token
-// (never the token).
-func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r broker.Request, scope string, code codes.Code, a broker.Answer) {
+// (never the token). It returns once the line is written (in group commit
+// with the lines of concurrent calls), or an error when the audit sink
+// failed.
+func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r broker.Request, scope string, code codes.Code, a broker.Answer) error {
 	result := "none"
 	switch {
 	case a.SingleUse && a.Token != nil:
@@ -251,12 +265,17 @@ func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r br
 		}
 		span.AddEvent("tokenvend.audit", trace.WithAttributes(kvs...))
 	}
-	// A record handed straight to the handler: the audit line is on the
-	// hot path, and Logger.LogAttrs would walk the stack for a source
-	// location it never prints.
+	// A record encoded straight away: the audit line is on the hot path,
+	// and Logger.LogAttrs would walk the stack for a source location it
+	// never prints.
 	rec := slog.NewRecord(time.Now(), slog.LevelInfo, "audit", 0)
 	rec.AddAttrs(attrs...)
-	_ = s.log.Handler().Handle(ctx, rec)
+	if err := s.auditLog.Record(ctx, rec); err != nil {
+		s.log.ErrorContext(ctx, "the audit line cannot be written: the GetToken fails", "provider", r.Provider, "error", err.Error())
+		return &token.Error{Kind: token.KindUnavailable, Reason: ReasonAuditUnavailable, Err: err,
+			Message: "the audit log cannot be written, and tokenvend answers no request it cannot audit: an operator must check where the audit lines go"}
+	}
+	return nil
 }
 
 // fingerprint is Fingerprint, remembered per provider for the token it was

@@ -384,24 +384,23 @@ func (c *Client) parse(status int, body []byte, issued time.Time) (*token.Token,
 	var env envelope
 	err := json.Unmarshal(body, &env)
 	st := env.status()
-	if status >= 500 || status == http.StatusTooManyRequests {
-		// A refusal of the account is a refusal whatever the HTTP code
-		// wrapped around it: retried as transient, it would count
-		// towards the lockout. Anything else on a 5xx or 429 is transient.
-		if err == nil && st == "0" && env.refusesAccount() {
-			return nil, c.rejection(&env)
-		}
-		return nil, upstream.Unexpected(status)
-	}
 	switch {
-	case (err != nil || st != "0" && st != "1") && status/100 == 2:
+	case err == nil && st == "0":
+		// A refusal is a refusal whatever HTTP status is wrapped around
+		// it, a 5xx or 429 included, and whatever its code: retried as
+		// transient, a wrong otp (whose code is undocumented) would be
+		// sent again and again until Ibanera locks the account.
+		return nil, c.rejection(&env)
+	case status >= 500 || status == http.StatusTooManyRequests:
+		// No refusal envelope: the upstream, or something before it,
+		// failed, and says nothing of the credentials.
+		return nil, upstream.Unexpected(status)
+	case (err != nil || st != "1") && status/100 == 2:
 		return nil, upstream.Garbage("an answer that is not an Ibanera envelope")
-	case err != nil || st != "0" && st != "1":
+	case err != nil || st != "1":
 		// Not Ibanera speaking (a proxy's page, a wrong base_url): the
 		// login never reached the account.
 		return nil, upstream.Unexpected(status)
-	case st == "0":
-		return nil, c.rejection(&env)
 	case status/100 != 2:
 		return nil, upstream.Garbage(fmt.Sprintf("a success envelope with HTTP %d", status))
 	}
@@ -442,18 +441,6 @@ func headerSafe(s string) bool {
 // maxExpiresIn bounds a session's lifetime (a year, in seconds): a larger
 // value is garbage, and would overflow a time.Duration.
 const maxExpiresIn = 366 * 24 * 3600
-
-// refusesAccount reports whether the envelope names one of the codes that
-// refuse the account or its credentials.
-func (e *envelope) refusesAccount() bool {
-	for _, x := range e.Errors {
-		switch x.MessageCode {
-		case msgBadCredentials, msgNotVerified, msgLocked, msgSuppressed:
-			return true
-		}
-	}
-	return false
-}
 
 // Ibanera's documented message codes.
 const (

@@ -509,7 +509,22 @@ func TestAnswersAreReadByStatus(t *testing.T) {
 			token.KindRejected, token.ReasonCredentialsRejected, "Username_Or_Password_Incorrect"},
 		{"429 with a lock envelope", ibanerasim.Fault{Status: 429, Body: `{"id":1,"details":null,"status":"0","errors":[{"fieldName":"","messageCode":"Account_Locked"}]}`},
 			token.KindRejected, token.ReasonAccountLocked, "Account_Locked"},
-		{"503 with another envelope", ibanerasim.Fault{Status: 503, Body: `{"id":1,"details":null,"status":"0","errors":[{"fieldName":"","messageCode":"Internal_Error"}]}`},
+		// So is a code tokenvend does not know (a wrong otp's is
+		// undocumented), and a refusal that gives no code at all.
+		{"503 with an unknown code", ibanerasim.Fault{Status: 503, Body: `{"id":1,"details":null,"status":"0","errors":[{"fieldName":"otp","messageCode":"Otp_Incorrect"}]}`},
+			token.KindRejected, token.ReasonCredentialsRejected, "Otp_Incorrect"},
+		{"429 with an unknown code", ibanerasim.Fault{Status: 429, Body: `{"id":1,"details":null,"status":"0","errors":[{"fieldName":"","messageCode":"Internal_Error"}]}`},
+			token.KindRejected, token.ReasonCredentialsRejected, "Internal_Error"},
+		{"500 with Required", ibanerasim.Fault{Status: 500, Body: `{"id":1,"details":null,"status":"0","errors":[{"fieldName":"otp","messageCode":"Required"}]}`},
+			token.KindRejected, token.ReasonCredentialsRejected, "Required"},
+		{"502 with no code", ibanerasim.Fault{Status: 502, Body: `{"id":1,"details":null,"status":0,"errors":[]}`},
+			token.KindRejected, token.ReasonCredentialsRejected, ""},
+		// A 5xx or 429 without a refusal envelope says nothing of the
+		// credentials: transient.
+		{"503 without an envelope", ibanerasim.Fault{Status: 503, Body: `Service Unavailable`}, token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},
+		{"503 with JSON that is not an envelope", ibanerasim.Fault{Status: 503, Body: `{"message":"down","errors":[{"messageCode":"Username_Or_Password_Incorrect"}]}`},
+			token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},
+		{"503 with status 1", ibanerasim.Fault{Status: 503, Body: `{"id":1,"details":` + ok + `,"status":"1","errors":[]}`},
 			token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},
 		{"implausible expiresIn", ibanerasim.Fault{Status: 200, Body: `{"id":1,"details":{"accessToken":"abc","expiresIn":10000000000},"status":"1","errors":[]}`},
 			token.KindUnavailable, token.ReasonUpstreamUnavailable, ""},
@@ -738,6 +753,39 @@ func TestRefusedCredentialsAreNotSentAgain(t *testing.T) {
 	}
 	if got := use(t, srv, mustFinish(t, c, tok)); got != http.StatusOK {
 		t.Errorf("session after the fix upstream: got %d, want 200", got)
+	}
+}
+
+// TestRefusalsUnder5xxCountTowardsMaxFailedLogins: a wrong otp refused
+// with a code tokenvend does not know, wrapped in a 503 or 429, is a
+// refusal of the credentials like any other: the client stops sending
+// them after max_failed_logins, and the upstream never locks.
+func TestRefusalsUnder5xxCountTowardsMaxFailedLogins(t *testing.T) {
+	t.Parallel()
+	for _, status := range []int{http.StatusServiceUnavailable, http.StatusTooManyRequests} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			t.Parallel()
+			clk := newClock(stepStart)
+			sim, srv := startSim(t, clk, ibanerasim.Options{})
+			sim.SetFault(ibanerasim.Fault{RejectStatus: status})
+			cfg := baseConfig(srv)
+			cfg.TOTPSecret = secret.Literal("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ") // not the account's: every otp is wrong
+			c := newClient(t, cfg, srv, clk)
+			for i := range 10 {
+				clk.Advance(ibanera.Step)
+				_, err := c.Token(context.Background(), token.Request{})
+				var e *token.Error
+				if !errors.As(err, &e) || e.Kind != token.KindRejected || e.Reason != token.ReasonCredentialsRejected || e.Upstream != ibanerasim.MsgOtpIncorrect {
+					t.Fatalf("attempt %d: got %#v, want rejected CREDENTIALS_REJECTED upstream %s", i, err, ibanerasim.MsgOtpIncorrect)
+				}
+			}
+			if got := sim.LoginAttempts(); got != ibanera.DefaultMaxFailedLogins {
+				t.Errorf("upstream login attempts: got %d, want %d", got, ibanera.DefaultMaxFailedLogins)
+			}
+			if sim.Locked(user) {
+				t.Error("the upstream locked the account")
+			}
+		})
 	}
 }
 

@@ -18,8 +18,10 @@
 // rejection naming the challenge. Errors come as IDS codes, mostly with
 // HTTP 400 whatever their meaning, so they are classified by code.
 //
-// Every call made with the token needs "Authorization: Bearer <token>"
-// and "X-TENANT-ID: <tenant>"; both are in the token's Headers.
+// Every call made with the token carries "Authorization: Bearer <token>",
+// "X-TENANT-ID: <tenant>" and "Content-Type: application/json;
+// charset=UTF-8", as Insly's docs say; all three are in the token's
+// Headers.
 package insly
 
 import (
@@ -84,6 +86,10 @@ const LockoutHold = 15 * time.Minute
 // DefaultTokenTTL is the lifetime assumed when an answer has no expires_in
 // and its access token no exp: Cognito's default access token lifetime.
 const DefaultTokenTTL = time.Hour
+
+// CallContentType is the Content-Type that Insly's docs say every call
+// made with the token carries; it is vended with the other headers.
+const CallContentType = "application/json; charset=UTF-8"
 
 // Config holds the kind's keys. A password-grant provider sets username
 // and password (and optionally meta_data); a client_credentials one sets
@@ -425,6 +431,7 @@ func (c *Client) parse(o op, raw []byte, issued time.Time) (*token.Token, error)
 		Headers: map[string]string{
 			"Authorization": "Bearer " + res.AccessToken,
 			"X-TENANT-ID":   c.cfg.Tenant,
+			"Content-Type":  CallContentType,
 		},
 		IssuedAt: issued,
 		Expiry:   expiry,

@@ -294,7 +294,7 @@ func TestPasswordLogin(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Token: %v", err)
 			}
-			wantHeaders := map[string]string{"Authorization": "Bearer " + tok.AccessToken, "X-TENANT-ID": tenant}
+			wantHeaders := map[string]string{"Authorization": "Bearer " + tok.AccessToken, "X-TENANT-ID": tenant, "Content-Type": "application/json; charset=UTF-8"}
 			if !maps.Equal(tok.Headers, wantHeaders) {
 				t.Errorf("Headers: got %q, want %q", tok.Headers, wantHeaders)
 			}
@@ -314,6 +314,10 @@ func TestPasswordLogin(t *testing.T) {
 			// upstream refuses the token.
 			if status, _ := f.use(t, map[string]string{"Authorization": tok.Headers["Authorization"]}); status != http.StatusForbidden {
 				t.Errorf("protected endpoint without X-TENANT-ID: got %d, want 403", status)
+			}
+			// So is the Content-Type the docs say every call carries.
+			if status, _ := f.use(t, map[string]string{"Authorization": tok.Headers["Authorization"], "X-TENANT-ID": tenant}); status != http.StatusBadRequest {
+				t.Errorf("protected endpoint without Content-Type: got %d, want 400", status)
 			}
 
 			rec := f.last(t)
@@ -636,7 +640,7 @@ func TestClientCredentials(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Token: %v", err)
 			}
-			wantHeaders := map[string]string{"Authorization": "Bearer " + tok.AccessToken, "X-TENANT-ID": tenant}
+			wantHeaders := map[string]string{"Authorization": "Bearer " + tok.AccessToken, "X-TENANT-ID": tenant, "Content-Type": "application/json; charset=UTF-8"}
 			if !maps.Equal(tok.Headers, wantHeaders) {
 				t.Errorf("Headers: got %q, want %q", tok.Headers, wantHeaders)
 			}

@@ -103,7 +103,7 @@ type Options struct {
 
 // Fault makes the login endpoint misbehave, for tests of how a client copes with an unhealthy
 // upstream. The zero Fault means "behave normally". When several fields are set, Hang wins over
-// Garbage, and Garbage over Status.
+// Garbage, Garbage over Status, and Status over RejectStatus.
 type Fault struct {
 	// Status, when non-zero, answers every login with this HTTP status and Body.
 	Status int
@@ -113,6 +113,10 @@ type Fault struct {
 	Garbage bool
 	// Hang blocks the answer until the request's context is done.
 	Hang bool
+	// RejectStatus, when non-zero, sends every refused login (status "0") with this HTTP status
+	// instead of 400, as an upstream or gateway that wraps its refusals in a 5xx or 429 would.
+	// The login is checked, and a failure counted towards the lockout, as usual.
+	RejectStatus int
 }
 
 // Server is the simulated Ibanera API. It implements http.Handler and is safe for concurrent
@@ -302,10 +306,14 @@ func (s *Server) write(w http.ResponseWriter, status int, details any, errs []ap
 	w.Write(body)
 }
 
-// reject answers a failed login: HTTP 400 with status "0".
-func (s *Server) reject(w http.ResponseWriter, errs ...apiError) {
+// reject answers a failed login: HTTP 400 (or f.RejectStatus) with status "0".
+func (s *Server) reject(w http.ResponseWriter, f Fault, errs ...apiError) {
 	s.failedLogins.Add(1)
-	s.write(w, http.StatusBadRequest, nil, errs)
+	status := http.StatusBadRequest
+	if f.RejectStatus != 0 {
+		status = f.RejectStatus
+	}
+	s.write(w, status, nil, errs)
 }
 
 func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
@@ -333,21 +341,21 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		s.reject(w, apiError{"", MsgUnsupportedMediaType})
+		s.reject(w, f, apiError{"", MsgUnsupportedMediaType})
 		return
 	}
 	fields, errs, ok := readLogin(r.Body)
 	if !ok {
-		s.reject(w, apiError{"", MsgInvalidRequest})
+		s.reject(w, f, apiError{"", MsgInvalidRequest})
 		return
 	}
 	if len(errs) > 0 {
-		s.reject(w, errs...)
+		s.reject(w, f, errs...)
 		return
 	}
 	details, code := s.authenticate(fields[0], fields[1], fields[2])
 	if code != "" {
-		s.reject(w, apiError{"", code})
+		s.reject(w, f, apiError{"", code})
 		return
 	}
 	s.logins.Add(1)

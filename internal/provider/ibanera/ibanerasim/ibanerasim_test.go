@@ -771,6 +771,33 @@ func TestFaults(t *testing.T) {
 	}
 }
 
+// TestFaultRejectStatus: with RejectStatus, refusals keep their envelope and still count
+// towards the lockout, under another HTTP status; a good login is untouched.
+func TestFaultRejectStatus(t *testing.T) {
+	t.Parallel()
+	for _, status := range []int{http.StatusServiceUnavailable, http.StatusTooManyRequests} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t, Options{MaxFailures: 3})
+			f.sim.SetFault(Fault{RejectStatus: status})
+			code := f.code(aliceSecret, 0)
+			wantRejected(t, f.login(t, "alice", "alice-pw", wrongCode(code)), status, apiError{"", MsgOtpIncorrect})
+			wantRejected(t, f.postLogin(t, "text/plain", `{}`), status, apiError{"", MsgUnsupportedMediaType})
+			f.mustLogin(t, "alice", "alice-pw", code)
+			for range 2 {
+				wantRejected(t, f.login(t, "alice", "alice-pw", wrongCode(code)), status, apiError{"", MsgOtpIncorrect})
+			}
+			wantRejected(t, f.login(t, "alice", "alice-pw", wrongCode(code)), status, apiError{"", MsgLocked})
+			if !f.sim.Locked("alice") {
+				t.Errorf("Locked after 3 refusals under HTTP %d: got false, want true", status)
+			}
+			if got := f.sim.FailedLogins(); got != 5 {
+				t.Errorf("FailedLogins: got %d, want 5", got)
+			}
+		})
+	}
+}
+
 func TestFaultLeavesAccountsAlone(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Options{})

@@ -325,6 +325,13 @@ func (s *Server) handlePolicies(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, CodeNotAuthorized, "NotAuthorizedException: Access Token does not belong to tenant.", h)
 		return
 	}
+	// Insly's docs say every call made with the token carries
+	// "Content-Type: application/json; charset=UTF-8": a client that does
+	// not send it cannot count on the real API taking the call.
+	if !isJSON(r.Header.Get("Content-Type")) {
+		writeError(w, http.StatusBadRequest, CodeUndefined, "Content-Type must be application/json.")
+		return
+	}
 	who, _ := claims["username"].(string)
 	if who == "" {
 		who, _ = claims["client_id"].(string)

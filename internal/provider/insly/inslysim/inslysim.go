@@ -7,8 +7,10 @@
 //	POST /token/client/{tenant_tag}    {"client_id","client_secret","scope"}
 //	POST /token/refresh/{tenant_tag}   {"refresh_token","username"}
 //
-// and one protected endpoint, GET PoliciesPath, which needs both
-// "Authorization: Bearer <access token>" and "X-TENANT-ID: <tenant_tag>".
+// and one protected endpoint, GET PoliciesPath, which needs
+// "Authorization: Bearer <access token>", "X-TENANT-ID: <tenant_tag>" and
+// "Content-Type: application/json" (charset UTF-8 allowed), the headers the
+// docs say every call carries.
 //
 // The simulator is strict on purpose, so that a client which passes against it
 // also passes against the real service: the request Content-Type must be

@@ -151,7 +151,14 @@ func (f fixture) postJSON(t *testing.T, path string, v any) reply {
 	return f.post(t, path, "application/json; charset=UTF-8", string(b))
 }
 
+// policies calls the protected endpoint with the documented Content-Type.
 func (f fixture) policies(t *testing.T, authorization, tenantHeader string) reply {
+	t.Helper()
+	return f.policiesAs(t, authorization, tenantHeader, "application/json; charset=UTF-8")
+}
+
+// policiesAs calls the protected endpoint; an empty header is not sent.
+func (f fixture) policiesAs(t *testing.T, authorization, tenantHeader, contentType string) reply {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, f.ts.URL+PoliciesPath, nil)
 	if err != nil {
@@ -162,6 +169,9 @@ func (f fixture) policies(t *testing.T, authorization, tenantHeader string) repl
 	}
 	if tenantHeader != "" {
 		req.Header.Set("X-TENANT-ID", tenantHeader)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	return do(t, req)
 }
@@ -824,6 +834,32 @@ func TestProtectedEndpoint(t *testing.T) {
 			}
 		})
 	}
+
+	// Every call made with the token carries the JSON Content-Type, as the
+	// docs say: a right token and tenant without it are refused.
+	for _, tc := range []struct {
+		contentType string
+		ok          bool
+	}{
+		{"application/json; charset=UTF-8", true},
+		{"application/json; charset=utf-8", true},
+		{"application/json", true},
+		{"", false},
+		{"text/plain", false},
+		{"application/json; charset=latin1", false},
+		{"application/x-www-form-urlencoded", false},
+	} {
+		t.Run("content type "+tc.contentType, func(t *testing.T) {
+			r := f.policiesAs(t, "Bearer "+user.AccessToken, tenant, tc.contentType)
+			if tc.ok {
+				if r.status != http.StatusOK {
+					t.Errorf("got status %d (%s), want 200", r.status, r.body)
+				}
+				return
+			}
+			wantError(t, r, http.StatusBadRequest, CodeUndefined, "Content-Type must be application/json.")
+		})
+	}
 }
 
 func TestAccessTokenExpiry(t *testing.T) {
@@ -1040,7 +1076,7 @@ func send(method, url, authorization, body string) (int, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if body != "" {
+	if body != "" || authorization != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if authorization != "" {
