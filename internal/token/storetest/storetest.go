@@ -289,6 +289,7 @@ func WaitWokenByRelease(t *testing.T, newStores New) {
 	l2, _ := a.Acquire(ctx, key)
 	defer l2.Release()
 	ch = waitAsync(wctx, b, 0)
+	notYet(t, ch)
 	cancel()
 	select {
 	case err := <-ch:
