@@ -66,14 +66,18 @@ func (e *memKey) signal() {
 func (m *MemoryStore) Load(_ context.Context, k Key) (Stored, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	e := m.keys[k]
+	return m.loadLocked(m.keys[k]), nil
+}
+
+// loadLocked returns e's token unless it has expired. m.mu must be held.
+func (m *MemoryStore) loadLocked(e *memKey) Stored {
 	if e == nil || e.tok.Token == nil {
-		return Stored{}, nil
+		return Stored{}
 	}
 	if t := e.tok.Token; !t.Expiry.IsZero() && !m.now().Before(t.Expiry) {
-		return Stored{}, nil
+		return Stored{}
 	}
-	return e.tok, nil
+	return e.tok
 }
 
 // Save stores s for k unless k's token has a newer fence.
@@ -118,7 +122,7 @@ func (m *MemoryStore) Acquire(ctx context.Context, k Key) (*Lease, error) {
 		})
 	}
 	context.AfterFunc(lctx, release)
-	return NewLease(lctx, e.fence, release), nil
+	return NewLease(lctx, e.fence, m.loadLocked(e), release), nil
 }
 
 // Wait returns when k's token has a fence other than seen or its lease is

@@ -35,7 +35,10 @@ var ErrFenced = errors.New("token: the stored token was written under a newer le
 type Tokens interface {
 	// Load returns the token stored for k: a zero Stored when there is
 	// none, or when it cannot be opened (sealed by a key no longer
-	// configured, or damaged), which is a miss, never an error.
+	// configured, or damaged), which is a miss, never an error. A shared
+	// store may answer from a local copy that lags another replica's
+	// write by the time its invalidation takes to arrive; Lease.Stored
+	// does not.
 	Load(ctx context.Context, k Key) (Stored, error)
 	// Save stores s for k until s.Token expires. It stores nothing and
 	// returns ErrFenced when the token stored for k has a newer fence.
@@ -61,15 +64,20 @@ type Leases interface {
 // with its Fence.
 type Lease struct {
 	// Fence is larger than that of every earlier lease on the key.
-	Fence   uint64
+	Fence uint64
+	// Stored is the token stored for the key when the lease was taken,
+	// read atomically with it: when another replica has just written a
+	// good one, the holder uses it rather than logging in again.
+	Stored  Stored
 	ctx     context.Context
 	release func()
 }
 
-// NewLease is for stores: a lease with fence, whose context ends when it
-// is lost, and release, which gives it up (and must end ctx).
-func NewLease(ctx context.Context, fence uint64, release func()) *Lease {
-	return &Lease{Fence: fence, ctx: ctx, release: release}
+// NewLease is for stores: a lease with fence and the token stored with
+// it, whose context ends when it is lost, and release, which gives it up
+// (and must end ctx).
+func NewLease(ctx context.Context, fence uint64, stored Stored, release func()) *Lease {
+	return &Lease{Fence: fence, Stored: stored, ctx: ctx, release: release}
 }
 
 // Context ends when the lease is released or lost.

@@ -341,12 +341,23 @@ func (s *Store) Acquire(ctx context.Context, k token.Key) (*token.Lease, error) 
 	ks := s.keys(k)
 	owner := randomID()
 	ttl := strconv.FormatInt(s.c.o.LeaseTTL.Milliseconds(), 10)
-	fence, err := acquire.Exec(ctx, s.c.rc, []string{ks.lease, ks.fence, ks.tok}, []string{owner, ttl}).AsInt64()
+	vals, err := acquire.Exec(ctx, s.c.rc, []string{ks.lease, ks.fence, ks.tok}, []string{owner, ttl}).ToArray()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: acquire: %w", err)
+	}
+	if len(vals) != 2 {
+		return nil, fmt.Errorf("redisstore: acquire: %d values, want 2", len(vals))
+	}
+	fence, err := vals[0].AsInt64()
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: acquire: %w", err)
 	}
 	if fence == 0 {
 		return nil, nil
+	}
+	var stored token.Stored
+	if v, _ := vals[1].ToString(); v != "" {
+		stored = s.open(ctx, ks.tok, v)
 	}
 	lctx, cancel := context.WithCancel(ctx)
 	stopped := make(chan struct{})
@@ -368,7 +379,7 @@ func (s *Store) Acquire(ctx context.Context, k token.Key) (*token.Lease, error) 
 	// However the lease's context ends (released, lost, or ctx ended),
 	// the key is given up rather than left to expire.
 	context.AfterFunc(lctx, rel)
-	return token.NewLease(lctx, uint64(fence), rel), nil
+	return token.NewLease(lctx, uint64(fence), stored, rel), nil
 }
 
 // renew keeps a lease alive until ctx ends, and cancels it once lost.
@@ -555,8 +566,11 @@ func hold(errv, untilv, strikesv rueidis.RedisMessage) (token.Hold, error) {
 // ChargeFailure counts a failed login for creds before it is sent.
 func (s *Store) ChargeFailure(ctx context.Context, creds string, limit int) (int, bool, error) {
 	vals, err := charge.Exec(ctx, s.c.rc, []string{s.providerKey("fails")}, []string{creds, strconv.Itoa(limit)}).ToArray()
-	if err != nil || len(vals) != 2 {
-		return 0, false, fmt.Errorf("redisstore: charge: %v values, %w", len(vals), err)
+	if err != nil {
+		return 0, false, fmt.Errorf("redisstore: charge: %w", err)
+	}
+	if len(vals) != 2 {
+		return 0, false, fmt.Errorf("redisstore: charge: %d values, want 2", len(vals))
 	}
 	n, _ := vals[0].AsInt64()
 	ok, _ := vals[1].AsInt64()

@@ -8,12 +8,12 @@ import "github.com/redis/rueidis"
 // the fence is readable here without opening the token.
 
 // acquire takes the lease (KEYS[1]) for owner ARGV[1] for ARGV[2] ms and
-// returns its fence: the counter (KEYS[2]) incremented, and above the
-// stored token's (KEYS[3]) fence even if the counter was lost. 0: held by
-// another.
+// returns {fence, token}: the fence counter (KEYS[2]) incremented, kept
+// above the stored token's (KEYS[3]) fence even if the counter was lost,
+// and the stored token's value ('' when none). {0, ''}: held by another.
 var acquire = rueidis.NewLuaScript(`
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 0
+  return {0, ''}
 end
 local f = redis.call('INCR', KEYS[2])
 local tok = redis.call('GET', KEYS[3])
@@ -24,7 +24,7 @@ if tok then
     redis.call('SET', KEYS[2], f)
   end
 end
-return f
+return {f, tok or ''}
 `)
 
 // renew extends the lease KEYS[1] to ARGV[2] ms if owner ARGV[1] still

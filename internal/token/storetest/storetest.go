@@ -75,7 +75,9 @@ var key = token.Key{Scope: "read:all", Subject: "user{1}"}
 func TokenRoundTrip(t *testing.T, newStores New) {
 	ctx := t.Context()
 	a, b := newStores(t)
-	if got, err := b.Load(ctx, key); err != nil || got.Token != nil {
+	// The writer reads first: a shared store's reader may keep a local
+	// copy of the miss until the write's invalidation reaches it.
+	if got, err := a.Load(ctx, key); err != nil || got.Token != nil {
 		t.Fatalf("Load before Save: got %+v, %v; want a miss", got, err)
 	}
 	tok := Token("tok-1")
@@ -125,8 +127,17 @@ func FenceRefusesOlder(t *testing.T, newStores New) {
 			t.Errorf("Save fence %d: %v, want nil", f, err)
 		}
 	}
-	if got, _ := a.Load(ctx, key); got.Token == nil || got.Token.AccessToken != "f6" || got.Fence != 6 {
-		t.Errorf("Load: got %+v, want the fence-6 token", got)
+	// The lease reads what is stored with it, never a stale copy.
+	l, err := a.Acquire(ctx, key)
+	if err != nil || l == nil {
+		t.Fatalf("Acquire: %v, %v", l, err)
+	}
+	defer l.Release()
+	if got := l.Stored; got.Token == nil || got.Token.AccessToken != "f6" || got.Fence != 6 || got.Token.Headers["X-Session"] != "session-f6" {
+		t.Errorf("Lease.Stored: got %+v, want the fence-6 token", got)
+	}
+	if l.Fence <= 6 {
+		t.Errorf("Lease.Fence: got %d, want above the stored token's 6", l.Fence)
 	}
 }
 
