@@ -10,7 +10,8 @@ import "github.com/redis/rueidis"
 // acquire takes the lease (KEYS[1]) for owner ARGV[1] for ARGV[2] ms and
 // returns {fence, token}: the fence counter (KEYS[2]) incremented, kept
 // above the stored token's (KEYS[3]) fence even if the counter was lost,
-// and the stored token's value (” when none). {0, ”}: held by another.
+// and the stored token's value (empty when none). {0, empty}: held by
+// another.
 var acquire = rueidis.NewLuaScript(`
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {0, ''}
