@@ -456,3 +456,47 @@ func TestUnopenableIsMiss(t *testing.T) {
 		t.Errorf("Load of a value with its fence rewritten: got %+v, %v; want a miss", got.Token, err)
 	}
 }
+
+// TestRedisRestarted: Redis killed answers errors (never a stale token
+// from the client-side cache, which is flushed with the connection); once
+// it is back, empty, the same client reconnects and its scripts load
+// again.
+func TestRedisRestarted(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := client(t, []string{srv.Addr}, redisstore.Options{}).Provider("kyc")
+	ctx := t.Context()
+	l, err := s.Acquire(ctx, key)
+	if err != nil || l == nil {
+		t.Fatal(l, err)
+	}
+	l.Release()
+	if err := s.Save(ctx, key, token.Stored{Token: storetest.Token("a"), Fence: l.Fence}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Load(ctx, key); err != nil || got.Token == nil {
+		t.Fatalf("Load: %+v, %v", got, err)
+	}
+	srv.Kill()
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if got, err := s.Load(tctx, key); err == nil {
+		t.Errorf("Load with Redis down: got %+v, nil; want an error", got.Token)
+	}
+	srv.Restart()
+	var saveErr error
+	for range 3 { // the first command may meet the old, broken connection
+		if saveErr = s.Save(ctx, key, token.Stored{Token: storetest.Token("b"), Fence: 1}); saveErr == nil {
+			break
+		}
+	}
+	if saveErr != nil {
+		t.Fatalf("Save after the restart: %v", saveErr)
+	}
+	if _, err := s.Admit(ctx, token.Attempt{Owner: "o", Now: time.Now(), TTL: time.Second}); err != nil {
+		t.Errorf("Admit after the restart (scripts reloaded): %v", err)
+	}
+	if got, err := s.Load(ctx, key); err != nil || got.Token == nil || got.Token.AccessToken != "b" {
+		t.Errorf("Load after the restart: got %+v, %v; want b", got.Token, err)
+	}
+}
