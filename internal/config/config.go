@@ -28,6 +28,8 @@ type Config struct {
 	// tokens. Absent, anyone who reaches the ports does, so the service
 	// then listens on loopback only.
 	Callers []Caller `yaml:"callers"`
+	// Store is where replicas share state; absent, in memory.
+	Store Store `yaml:"store"`
 }
 
 // Server says where the service listens.
@@ -230,6 +232,7 @@ func (c *Config) validate() error {
 		check(p.Kind != "", Join(p.Path, "kind"), "is required")
 	}
 	errs = append(errs, c.validateAccess()...)
+	errs = append(errs, c.validateStore()...)
 	return errors.Join(errs...)
 }
 
