@@ -42,6 +42,8 @@ type Server struct {
 	// InsecureAllowAnyCaller lets a service without callers listen beyond
 	// loopback. Only for networks where reaching the port is the policy.
 	InsecureAllowAnyCaller bool `yaml:"insecure_allow_any_caller"`
+	// ProxyAddr, when set, is where proxy mode listens (see Proxy).
+	ProxyAddr string `yaml:"proxy_addr"`
 }
 
 // Cache tunes how credentials are cached, refreshed and retried.
@@ -72,7 +74,9 @@ type Provider struct {
 	// Path is the provider's place in the file, e.g. "providers[2]", for
 	// error messages.
 	Path string `yaml:"-"`
-	node *yaml.Node
+	// Proxy is the provider's proxy block, nil when it has none.
+	Proxy *Proxy `yaml:"-"`
+	node  *yaml.Node
 }
 
 // Defaults for every optional setting.
@@ -116,7 +120,7 @@ func (p Provider) Decode(v any) error {
 	if p.node == nil {
 		return nil
 	}
-	return decode(p.node, v, p.Path, "name", "kind")
+	return decode(p.node, v, p.Path, "name", "kind", "proxy")
 }
 
 // Load reads and validates the configuration file at path.
@@ -214,6 +218,7 @@ func (c *Config) validate() error {
 		check(p.Kind != "", Join(p.Path, "kind"), "is required")
 	}
 	errs = append(errs, c.validateAccess()...)
+	errs = append(errs, c.validateProxy()...)
 	return errors.Join(errs...)
 }
 
