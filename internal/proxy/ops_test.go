@@ -26,7 +26,7 @@ func TestTimeout(t *testing.T) {
 	p := startProxy(t, newVendor(t, up), block("kyc", e.url, "      timeout: 100ms\n"), false)
 	a := get(t, p.url+"/kyc/slow")
 	if a.status != http.StatusGatewayTimeout {
-		t.Fatalf("got %d %q, want 504", a.status, a.body)
+		t.Fatalf("got %d %q, want 504; log:\n%s", a.status, a.body, p.logs.String())
 	}
 	if code, reason, _ := errorOf(t, a); code != "DEADLINE_EXCEEDED" || reason != proxy.ReasonTimeout {
 		t.Errorf("got %s %s, want DEADLINE_EXCEEDED %s", code, reason, proxy.ReasonTimeout)

@@ -228,8 +228,9 @@ type call struct {
 	body   []byte
 	replay bool
 
-	upstreamStatus int // the last upstream answer, 0 if none
-	status         int // what the caller got
+	deadline       time.Time // proxy.timeout from the start
+	upstreamStatus int       // the last upstream answer, 0 if none
+	status         int       // what the caller got
 	reason         string
 	retried        bool
 }
@@ -278,10 +279,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	// bound too, against a caller that sends or reads slowly.
 	ctx, cancel := context.WithTimeout(r.Context(), c.route.timeout)
 	defer cancel()
-	deadline, _ := ctx.Deadline()
+	c.deadline, _ = ctx.Deadline()
 	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(deadline)
-	_ = rc.SetWriteDeadline(deadline.Add(time.Second))
+	_ = rc.SetReadDeadline(c.deadline.Add(time.Second))
+	_ = rc.SetWriteDeadline(c.deadline.Add(time.Second))
 	// The server resets neither for the next request on the connection.
 	defer func() { _ = rc.SetReadDeadline(time.Time{}); _ = rc.SetWriteDeadline(time.Time{}) }()
 

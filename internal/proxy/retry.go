@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"time"
 )
 
 // retrier is the ReverseProxy's Transport: it sends the call, and when the
@@ -71,7 +72,9 @@ func (p *Proxy) upstreamFailed(w http.ResponseWriter, r *http.Request, err error
 	switch {
 	case errors.As(err, &vf):
 		err = vf.err
-	case errors.Is(r.Context().Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+	case !time.Now().Before(c.deadline), errors.Is(err, context.DeadlineExceeded):
+		// The caller's connection may have been cut at the deadline
+		// before the timer fired: past it, this is the timeout.
 		err = context.DeadlineExceeded
 	case errors.Is(r.Context().Err(), context.Canceled):
 		err = context.Canceled
