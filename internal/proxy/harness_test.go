@@ -180,6 +180,12 @@ func startProxy(t *testing.T, v proxy.Vendor, providersYAML string, callers bool
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
+	return startProxyFor(t, v, cfg.Providers, callers)
+}
+
+// startProxyFor serves a proxy for configured providers.
+func startProxyFor(t *testing.T, v proxy.Vendor, providers []config.Provider, callers bool) *running {
+	t.Helper()
 	var cs []config.Caller
 	if callers {
 		sum := sha256.Sum256([]byte(apiKey))
@@ -188,7 +194,7 @@ func startProxy(t *testing.T, v proxy.Vendor, providersYAML string, callers bool
 	r := &running{logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter(), metrics: sdkmetric.NewManualReader()}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(r.spans))
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r.metrics))
-	p, err := proxy.New(cfg.Providers, v, proxy.Options{
+	p, err := proxy.New(providers, v, proxy.Options{
 		Policy: auth.New(cs),
 		Log:    slog.New(slog.NewJSONHandler(r.logs, nil)),
 		Meter:  mp.Meter("tokenvend"),
