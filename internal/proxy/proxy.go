@@ -349,17 +349,22 @@ func join(base, rest string) string {
 // its own credentials, tokenvend's headers, and (unless propagate) its
 // trace context.
 func strip(h http.Header, propagate bool) {
-	for k := range h {
-		if len(k) >= len("Tokenvend-") && strings.EqualFold(k[:len("Tokenvend-")], "Tokenvend-") {
-			delete(h, k)
-		}
-	}
+	stripTokenvend(h)
 	h.Del("Authorization")
 	h.Del(auth.APIKeyHeader)
 	if !propagate {
 		h.Del("Traceparent")
 		h.Del("Tracestate")
 		h.Del("Baggage")
+	}
+}
+
+// stripTokenvend removes every Tokenvend-* header, whatever its case.
+func stripTokenvend(h http.Header) {
+	for k := range h {
+		if len(k) >= len("Tokenvend-") && strings.EqualFold(k[:len("Tokenvend-")], "Tokenvend-") {
+			delete(h, k)
+		}
 	}
 }
 
@@ -374,11 +379,14 @@ func setCredential(h http.Header, old, cred Credential) {
 	}
 }
 
-// upstreamAnswered notes the status of the answer the caller gets.
+// upstreamAnswered notes the status of the answer the caller gets, and
+// removes any Tokenvend-* header from it: only tokenvend's own answers
+// carry Tokenvend-Error, so an upstream cannot pass for tokenvend.
 func (p *Proxy) upstreamAnswered(resp *http.Response) error {
 	if c := callFrom(resp.Request.Context()); c != nil {
 		c.upstreamStatus, c.status = resp.StatusCode, resp.StatusCode
 	}
+	stripTokenvend(resp.Header)
 	return nil
 }
 

@@ -31,6 +31,16 @@ func TestCallWithTheVendedCredential(t *testing.T) {
 	if n := up.sim.ResourceCalls(); n != 1 {
 		t.Errorf("got %d accepted resource calls, want 1", n)
 	}
+	// An upstream cannot pass for tokenvend.
+	e := startEcho(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+		w.Header().Set(proxy.ErrorHeader, "CREDENTIALS_REJECTED")
+		w.Header().Set("X-Upstream", "kept")
+		w.WriteHeader(http.StatusBadGateway)
+	})
+	p2 := startProxy(t, v, block("fake", e.url, ""), false)
+	if a := get(t, p2.url+"/fake/x"); a.status != http.StatusBadGateway || a.header.Get(proxy.ErrorHeader) != "" || a.header.Get("X-Upstream") != "kept" {
+		t.Errorf("got %d %s %q X-Upstream %q, want the upstream's 502 without %s", a.status, proxy.ErrorHeader, a.header.Get(proxy.ErrorHeader), a.header.Get("X-Upstream"), proxy.ErrorHeader)
+	}
 	// The upstream's refusal (an unknown path) comes back as it is.
 	a = get(t, p.url+"/kyc/api/v1/nothing")
 	if a.status != http.StatusNotFound || a.body != `{"detail":"Not Found"}` || a.header.Get(proxy.ErrorHeader) != "" {
@@ -63,6 +73,9 @@ func TestPathAndQuery(t *testing.T) {
 			t.Fatalf("%s: got %d upstream requests, want 1", tc.target, len(reqs)-before)
 		}
 		r := reqs[len(reqs)-1]
+		if r.Host != strings.TrimPrefix(e.url, "http://") {
+			t.Errorf("%s: upstream got Host %q, want its own", tc.target, r.Host)
+		}
 		if r.URL.Path != tc.path || r.URL.EscapedPath() != tc.escaped || r.URL.RawQuery != tc.query {
 			t.Errorf("%s: upstream got path %q (%q) query %q, want %q (%q) %q", tc.target, r.URL.Path, r.URL.EscapedPath(), r.URL.RawQuery, tc.path, tc.escaped, tc.query)
 		}
