@@ -46,7 +46,7 @@ type kycUpstream struct {
 	url   string
 }
 
-func startKYC(t *testing.T) *kycUpstream {
+func startKYC(t testing.TB) *kycUpstream {
 	t.Helper()
 	clk := clocktest.New(time.Now())
 	sim := kycsim.New(kycsim.Options{Users: []kycsim.User{{Email: kycUser, Password: kycPassword}}, Now: clk.Now})
@@ -71,7 +71,7 @@ type vendor struct {
 	invalidated   []string // "token status"
 }
 
-func newVendor(t *testing.T, up *kycUpstream) *vendor {
+func newVendor(t testing.TB, up *kycUpstream) *vendor {
 	t.Helper()
 	cfg := kyc.Config{BaseURL: up.url, Username: kycUser, Password: secret.Literal(kycPassword)}
 	if err := cfg.Validate(); err != nil {
@@ -174,7 +174,7 @@ type running struct {
 // startProxy serves a proxy for the providers block yaml (a list of
 // providers with proxy blocks) in front of v. With callers, the policy
 // knows one caller, "svc", identified by apiKey.
-func startProxy(t *testing.T, v proxy.Vendor, providersYAML string, callers bool) *running {
+func startProxy(t testing.TB, v proxy.Vendor, providersYAML string, callers bool) *running {
 	t.Helper()
 	cfg, err := config.Parse([]byte("providers:\n" + providersYAML))
 	if err != nil {
@@ -184,7 +184,7 @@ func startProxy(t *testing.T, v proxy.Vendor, providersYAML string, callers bool
 }
 
 // startProxyFor serves a proxy for configured providers.
-func startProxyFor(t *testing.T, v proxy.Vendor, providers []config.Provider, callers bool) *running {
+func startProxyFor(t testing.TB, v proxy.Vendor, providers []config.Provider, callers bool) *running {
 	t.Helper()
 	var cs []config.Caller
 	if callers {
