@@ -11,6 +11,7 @@ import (
 var callerHeaders = []string{
 	"Authorization", "Bearer the-callers-own",
 	"X-Api-Key", apiKey,
+	"X-Forwarded-Client-Cert", "By=spiffe://mesh/tokenvend;URI=spiffe://mesh/caller",
 	"Tokenvend-Scope", "",
 	"Tokenvend-Subject", "",
 	"Tokenvend-Anything", "x",
@@ -59,7 +60,7 @@ func TestCallerCredentialsNeverReachTheUpstream(t *testing.T) {
 		if got, want := r.Header.Get("Otp"), []string{"101", "102"}[i]; got != want || len(r.Header.Values("Otp")) != 1 {
 			t.Errorf("request %d: got Otp %q, want only the fresh %q", i, r.Header.Values("Otp"), want)
 		}
-		for _, h := range []string{"X-Api-Key", "Tokenvend-Scope", "Tokenvend-Subject", "Tokenvend-Anything", "Tokenvend-Lower",
+		for _, h := range []string{"X-Api-Key", "X-Forwarded-Client-Cert", "Tokenvend-Scope", "Tokenvend-Subject", "Tokenvend-Anything", "Tokenvend-Lower",
 			"X-Hop-Named", "Keep-Alive", "Proxy-Authorization", "Proxy-Connection", "Te", "X-Forwarded-For", "Forwarded"} {
 			if got := r.Header.Values(h); len(got) != 0 {
 				t.Errorf("request %d: upstream got %s %q, want none", i, h, got)

@@ -365,12 +365,15 @@ func join(base, rest string) string {
 }
 
 // strip removes what the caller sent that must not reach a third party:
-// its own credentials, tokenvend's headers, and (unless propagate) its
-// trace context.
+// its own credentials and identity, tokenvend's headers, and (unless
+// propagate) its trace context.
 func strip(h http.Header, propagate bool) {
 	stripTokenvend(h)
 	h.Del("Authorization")
 	h.Del(auth.APIKeyHeader)
+	// A mesh sidecar's account of the caller's certificate is about the
+	// caller, not for a third party.
+	h.Del("X-Forwarded-Client-Cert")
 	if !propagate {
 		h.Del("Traceparent")
 		h.Del("Tracestate")
