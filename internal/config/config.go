@@ -56,6 +56,8 @@ type Server struct {
 	// asks, so a web page whose name rebinds to 127.0.0.1 must not be
 	// answered.
 	AllowedHosts []string `yaml:"allowed_hosts"`
+	// ProxyAddr, when set, is where proxy mode listens (see Proxy).
+	ProxyAddr string `yaml:"proxy_addr"`
 }
 
 // Cache tunes how credentials are cached, refreshed and retried.
@@ -86,7 +88,9 @@ type Provider struct {
 	// Path is the provider's place in the file, e.g. "providers[2]", for
 	// error messages.
 	Path string `yaml:"-"`
-	node *yaml.Node
+	// Proxy is the provider's proxy block, nil when it has none.
+	Proxy *Proxy `yaml:"-"`
+	node  *yaml.Node
 }
 
 // Defaults for every optional setting.
@@ -130,7 +134,7 @@ func (p Provider) Decode(v any) error {
 	if p.node == nil {
 		return nil
 	}
-	return decode(p.node, v, p.Path, "name", "kind")
+	return decode(p.node, v, p.Path, "name", "kind", "proxy")
 }
 
 // Load reads and validates the configuration file at path.
@@ -233,6 +237,7 @@ func (c *Config) validate() error {
 	}
 	errs = append(errs, c.validateAccess()...)
 	errs = append(errs, c.validateStore()...)
+	errs = append(errs, c.validateProxy()...)
 	return errors.Join(errs...)
 }
 

@@ -218,6 +218,8 @@ func describe(err error, t reflect.Type) string {
 		return "must be a whole number"
 	case t.Kind() == reflect.Map:
 		return "must be a mapping of strings"
+	case t.Kind() == reflect.Slice && t.Elem().Kind() >= reflect.Int && t.Elem().Kind() <= reflect.Uint64:
+		return "must be a list of whole numbers"
 	case t.Kind() == reflect.Slice:
 		return "must be a list of strings"
 	default:

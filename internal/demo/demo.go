@@ -52,7 +52,8 @@ func Start(grpcAddr, httpAddr string) (*Demo, error) {
 		}
 		blocks = append(blocks, block)
 	}
-	yaml := fmt.Sprintf("server:\n  grpc_addr: %q\n  http_addr: %q\nproviders:\n%s", grpcAddr, httpAddr, strings.Join(blocks, ""))
+	yaml := fmt.Sprintf("server:\n  grpc_addr: %q\n  http_addr: %q\n  proxy_addr: %q\nproviders:\n%s",
+		grpcAddr, httpAddr, proxyAddr(httpAddr), strings.Join(blocks, ""))
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		d.Close()
@@ -61,6 +62,22 @@ func Start(grpcAddr, httpAddr string) (*Demo, error) {
 	d.Config = cfg
 	return d, nil
 }
+
+// ProxyAddr is where the demo's proxy mode listens.
+const ProxyAddr = "127.0.0.1:8081"
+
+// proxyAddr is ProxyAddr, or a free port when the HTTP port is one too
+// (tests, which run many demos at once).
+func proxyAddr(httpAddr string) string {
+	if _, port, err := net.SplitHostPort(httpAddr); err == nil && port == "0" {
+		return "127.0.0.1:0"
+	}
+	return ProxyAddr
+}
+
+// proxyBlock is a provider's proxy block: proxy mode in front of the
+// simulator at url (on loopback, so plain http is allowed).
+func proxyBlock(url string) string { return fmt.Sprintf("    proxy:\n      upstream: %q\n", url) }
 
 // serve runs h on a fresh loopback port and returns its base URL.
 func (d *Demo) serve(h http.Handler) (string, error) {

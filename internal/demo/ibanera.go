@@ -27,5 +27,5 @@ func startIbanera(d *Demo) (string, error) {
 	d.Simulators["ibanera"] = sim
 	d.Upstreams["ibanera"] = url + ibanerasim.AccountsPath
 	return fmt.Sprintf("  - name: ibanera\n    kind: ibanera\n    base_url: %q\n    username: %q\n    password: %q\n    totp_secret: %q\n",
-		url, IbaneraUser, IbaneraPassword, IbaneraTOTPSecret), nil
+		url, IbaneraUser, IbaneraPassword, IbaneraTOTPSecret) + proxyBlock(url), nil
 }

@@ -19,5 +19,5 @@ func startIdentityX(d *Demo) (string, error) {
 	d.Simulators["identityx"] = sim
 	d.Upstreams["identityx"] = url + "/graphql"
 	return fmt.Sprintf("  - name: identityx\n    kind: identityx\n    endpoint: %q\n    credential: org_user_api_token\n    token: %q\n",
-		url+"/graphql", sim.IssueAPIToken(identityxsim.DefaultOrgUserEmail)), nil
+		url+"/graphql", sim.IssueAPIToken(identityxsim.DefaultOrgUserEmail)) + proxyBlock(url), nil
 }

@@ -28,5 +28,5 @@ func startInsly(d *Demo) (string, error) {
 	d.Simulators["insly"] = sim
 	d.Upstreams["insly"] = url + inslysim.PoliciesPath
 	return fmt.Sprintf("  - name: insly\n    kind: insly\n    base_url: %q\n    tenant: %q\n    grant: password\n    username: %q\n    password: %q\n",
-		url+inslysim.PathPrefix, InslyTenant, InslyUser, InslyPassword), nil
+		url+inslysim.PathPrefix, InslyTenant, InslyUser, InslyPassword) + proxyBlock(url), nil
 }

@@ -22,7 +22,7 @@ func startKYC(d *Demo) (string, error) {
 	d.Simulators["kyc"] = sim
 	d.Upstreams["kyc"] = url + kycsim.ResourcePath
 	return fmt.Sprintf("  - name: kyc\n    kind: kyc\n    base_url: %q\n    username: %q\n    password: %q\n",
-		url, KYCUser, KYCPassword), nil
+		url, KYCUser, KYCPassword) + proxyBlock(url), nil
 }
 
 // SetKYCTokenLifetime makes the kyc simulator issue tokens that live

@@ -49,5 +49,5 @@ func startLoginID(d *Demo) (string, error) {
 		scopes = append(scopes, ep.Scope)
 	}
 	return fmt.Sprintf("  - name: loginid\n    kind: loginid\n    private_key: '%s'\n    client_id: %q\n    scopes: [%s]\n",
-		oneLine, LoginIDClientID, strings.Join(scopes, ", ")), nil
+		oneLine, LoginIDClientID, strings.Join(scopes, ", ")) + proxyBlock(url), nil
 }
