@@ -83,6 +83,7 @@ type App struct {
 	httpLn   net.Listener
 	grpcSrv  *grpc.Server
 	httpSrv  *http.Server
+	proxy    *proxyPort // nil unless server.proxy_addr is set
 	health   *health.Server
 	broker   *broker.Broker
 	drain    time.Duration
@@ -241,6 +242,11 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	if tlsCfg != nil {
 		a.httpLn = tls.NewListener(a.httpLn, tlsCfg)
 	}
+	if cfg.Server.ProxyAddr != "" {
+		if a.proxy, err = a.newProxyPort(srv, policy, o.Log, tlsCfg); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
@@ -290,16 +296,19 @@ func (a *App) providerHeld(provider string, held bool) {
 // connections close, and in-flight calls finish. All of it within
 // server.shutdown_timeout. It returns nil after a clean stop.
 func (a *App) Serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- a.grpcSrv.Serve(a.grpcLn) }()
 	go func() { errc <- a.httpSrv.Serve(a.httpLn) }()
+	if a.proxy != nil {
+		go func() { errc <- a.proxy.srv.Serve(a.proxy.ln) }()
+	}
 	// Providers marked Keep log in now and are checked periodically, so a
 	// revoked credential shows in health without waiting for a caller.
 	kctx, stopKeeping := context.WithCancel(ctx)
 	kept := make(chan struct{})
 	go func() { a.broker.Keep(kctx); close(kept) }()
 	a.log.InfoContext(ctx, "tokenvend serving", "grpc_addr", a.GRPCAddr(), "http_addr", a.HTTPAddr(),
-		"providers", len(a.cfg.Providers))
+		"proxy_addr", a.ProxyAddr(), "providers", len(a.cfg.Providers))
 
 	var err error
 	select {
@@ -320,10 +329,15 @@ func (a *App) Serve(ctx context.Context) error {
 		_ = sleep(sctx, a.drain)
 	}
 
-	// Both ports stop at once: neither keeps taking new calls while the
-	// other finishes.
-	httpDone := make(chan error, 1)
+	// The ports stop at once: none keeps taking new calls while another
+	// finishes.
+	httpDone := make(chan error, 2)
 	go func() { httpDone <- a.httpSrv.Shutdown(sctx) }()
+	if a.proxy != nil {
+		go func() { httpDone <- a.proxy.srv.Shutdown(sctx) }()
+	} else {
+		httpDone <- nil
+	}
 	stopped := make(chan struct{})
 	go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
 	select {
@@ -332,8 +346,10 @@ func (a *App) Serve(ctx context.Context) error {
 		a.grpcSrv.Stop()
 		err = errors.Join(err, errors.New("in-flight calls did not finish within server.shutdown_timeout"))
 	}
-	if e := <-httpDone; e != nil {
-		err = errors.Join(err, fmt.Errorf("http shutdown: %w", e))
+	for range 2 {
+		if e := <-httpDone; e != nil {
+			err = errors.Join(err, fmt.Errorf("http shutdown: %w", e))
+		}
 	}
 	a.close()
 	if e := a.tel.Shutdown(sctx); e != nil {
@@ -351,5 +367,8 @@ func (a *App) close() {
 	}
 	if a.httpLn != nil {
 		_ = a.httpLn.Close()
+	}
+	if a.proxy != nil {
+		_ = a.proxy.ln.Close()
 	}
 }

@@ -114,8 +114,8 @@ func (c *Config) validateAccess() []error {
 	if c.Callers != nil && !t.Enabled() && !c.Server.TLSTerminatedByMesh {
 		// Callers send API keys and get tokens: beyond loopback, both
 		// would cross the network in the clear.
-		for _, addr := range []string{c.Server.GRPCAddr, c.Server.HTTPAddr} {
-			if !loopback(addr) {
+		for _, addr := range []string{c.Server.GRPCAddr, c.Server.HTTPAddr, c.Server.ProxyAddr} {
+			if addr != "" && !loopback(addr) {
 				errs = append(errs, Errorf("server.tls", "is required: %s listens beyond loopback, so callers' API keys and the tokens they get would cross the network in the clear; configure server.tls, or set server.tls_terminated_by_mesh: true if a mesh sidecar terminates mutual TLS in front of the ports", addr))
 				break
 			}

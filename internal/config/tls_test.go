@@ -81,6 +81,9 @@ func TestCallersNeedTLSBeyondLoopback(t *testing.T) {
 		{"callers, 0.0.0.0, no TLS", "grpc_addr: 0.0.0.0:9090", keyCaller,
 			"server.tls: is required: 0.0.0.0:9090 listens beyond loopback, so callers' API keys and the tokens they get would cross the network in the clear"},
 		{"callers, the HTTP port beyond loopback", "http_addr: ':8080'", keyCaller, "server.tls: is required: :8080 listens beyond loopback"},
+		// Proxied calls carry callers' keys too, and the answers carry
+		// upstream data.
+		{"callers, the proxy port beyond loopback", "proxy_addr: 0.0.0.0:8081", keyCaller, "server.tls: is required: 0.0.0.0:8081 listens beyond loopback"},
 		{"an empty callers list, beyond loopback", "grpc_addr: 0.0.0.0:9090", "callers: []", "server.tls: is required"},
 		{"callers, 0.0.0.0, TLS", "grpc_addr: 0.0.0.0:9090" + tlsKeys, keyCaller, ""},
 		{"callers, 0.0.0.0, a mesh terminates TLS", "grpc_addr: 0.0.0.0:9090\n  tls_terminated_by_mesh: true", keyCaller, ""},

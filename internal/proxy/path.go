@@ -93,6 +93,12 @@ func (p *Proxy) unrouted(caller, name string) error {
 	if p.policy.Enforced() && caller == "" {
 		return unidentified
 	}
+	if !p.policy.MayUse(caller, name) {
+		// As GetToken answers: which providers exist, or are proxied, is
+		// not the business of a caller without a grant for them.
+		return &requestError{status: http.StatusForbidden, code: "PERMISSION_DENIED", reason: "CALLER_NOT_ALLOWED",
+			msg: fmt.Sprintf("caller %q has no grant for this provider: ask for one", caller)}
+	}
 	return &requestError{status: http.StatusNotFound, reason: ReasonProviderNotFound,
 		msg: fmt.Sprintf("no provider named %q is proxied: a provider needs a proxy block with an upstream", name)}
 }

@@ -9,7 +9,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/auth"
@@ -23,21 +22,24 @@ import (
 func (s *Server) InvalidateToken(ctx context.Context, req *tokenvendv1.InvalidateTokenRequest) (*tokenvendv1.InvalidateTokenResponse, error) {
 	caller, _ := auth.CallerFrom(ctx)
 	r := broker.Request{Provider: req.GetProvider(), Scope: req.GetScope(), Subject: req.GetSubject()}
-	shown := broker.Shown(r)
-	result, scope, err := s.invalidate(ctx, caller, r, shown.Scope, req.GetAccessToken())
-	code := codes.OK
-	var st error
+	result, err := s.report(ctx, caller, r, req.GetAccessToken(), int(req.GetUpstreamStatus()))
 	if err != nil {
-		st = toStatus(err, shown.Provider)
-		code = status.Code(st)
-		result = token.Invalidation("error")
-	}
-	s.invalidations.add(s.known(req.GetProvider()), string(result))
-	s.auditInvalidation(ctx, caller, shown, scope, req, code, result)
-	if err != nil {
-		return nil, st
+		return nil, toStatus(err, broker.Shown(r).Provider)
 	}
 	return &tokenvendv1.InvalidateTokenResponse{Invalidated: result == token.Invalidated}, nil
+}
+
+// report is InvalidateToken for caller, over gRPC, REST and proxy mode
+// alike. Its error is the domain's (toStatus makes it a gRPC status).
+func (s *Server) report(ctx context.Context, caller string, r broker.Request, accessToken string, upstreamStatus int) (token.Invalidation, error) {
+	shown := broker.Shown(r)
+	result, scope, err := s.invalidate(ctx, caller, r, shown.Scope, accessToken)
+	if err != nil {
+		result = token.Invalidation("error")
+	}
+	s.invalidations.add(s.known(r.Provider), string(result))
+	s.auditInvalidation(ctx, caller, shown, scope, accessToken, upstreamStatus, codeOf(err, shown.Provider), result)
+	return result, err
 }
 
 func (s *Server) invalidate(ctx context.Context, caller string, r broker.Request, shownScope, accessToken string) (token.Invalidation, string, error) {
@@ -55,15 +57,15 @@ func (s *Server) invalidate(ctx context.Context, caller string, r broker.Request
 // auditInvalidation writes the audit line of a report: who reported which
 // token (its fingerprint, never the token) of what, the upstream's status,
 // and what the report did.
-func (s *Server) auditInvalidation(ctx context.Context, caller string, r broker.Request, scope string, req *tokenvendv1.InvalidateTokenRequest, code codes.Code, result token.Invalidation) {
+func (s *Server) auditInvalidation(ctx context.Context, caller string, r broker.Request, scope, accessToken string, upstreamStatus int, code codes.Code, result token.Invalidation) {
 	attrs := []slog.Attr{
 		slog.String("caller", caller), slog.String("provider", r.Provider),
 		slog.String("scope", scope), slog.String("subject", r.Subject),
 		slog.String("code", code.String()), slog.String("result", string(result)),
-		slog.Int("upstream_status", int(req.GetUpstreamStatus())),
+		slog.Int("upstream_status", upstreamStatus),
 	}
-	if req.GetAccessToken() != "" {
-		attrs = append(attrs, slog.String("token_sha256", Fingerprint(req.GetAccessToken())))
+	if accessToken != "" {
+		attrs = append(attrs, slog.String("token_sha256", Fingerprint(accessToken)))
 	}
 	if sc := trace.SpanFromContext(ctx).SpanContext(); sc.HasTraceID() {
 		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))

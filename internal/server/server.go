@@ -18,7 +18,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -97,34 +96,11 @@ func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, auditLog *audi
 // GetToken returns a credential for one provider and scope, if the caller
 // may have it.
 func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest) (*tokenvendv1.GetTokenResponse, error) {
-	r := broker.Request{Provider: req.GetProvider(), Scope: req.GetScope(), Subject: req.GetSubject()}
-	// What the span, the audit line and the error detail show of the
-	// request: anyone, identified or not, can send a 60 kB provider name.
-	shown := broker.Shown(r)
-	span := trace.SpanFromContext(ctx)
-	if span.IsRecording() {
-		span.SetAttributes(attribute.String("tokenvend.provider", shown.Provider))
-	}
 	caller, _ := auth.CallerFrom(ctx)
-	a, scope, err := s.getToken(ctx, caller, r, shown.Scope, req.GetMinValidFor())
-	code := codes.OK
-	var st error
+	r := broker.Request{Provider: req.GetProvider(), Scope: req.GetScope(), Subject: req.GetSubject()}
+	a, _, err := s.vend(ctx, caller, r, req.GetMinValidFor())
 	if err != nil {
-		st = toStatus(err, shown.Provider)
-		code = status.Code(st)
-	}
-	if aerr := s.audit(ctx, span, caller, shown, scope, code, a); aerr != nil {
-		// No answer leaves unaudited, a token least of all.
-		err = aerr
-		st = toStatus(err, shown.Provider)
-		code = status.Code(st)
-	}
-	if err != nil {
-		s.fail(ctx, req.GetProvider(), code, err)
-		return nil, st
-	}
-	if n := s.requests.ok[req.GetProvider()]; n != nil {
-		n.Add(1)
+		return nil, toStatus(err, broker.Shown(r).Provider)
 	}
 	t := a.Token
 	resp := &tokenvendv1.GetTokenResponse{
@@ -140,6 +116,35 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 		resp.ExpireTime = timestamppb.New(t.Expiry)
 	}
 	return resp, nil
+}
+
+// vend is GetToken for caller, over gRPC, REST and proxy mode alike: the
+// policy, the broker, the audit line and the counts. It returns the answer
+// and its effective scope, or the domain error (toStatus makes it a gRPC
+// status).
+func (s *Server) vend(ctx context.Context, caller string, r broker.Request, minValid *durationpb.Duration) (broker.Answer, string, error) {
+	// What the span, the audit line and the error detail show of the
+	// request: anyone, identified or not, can send a 60 kB provider name.
+	shown := broker.Shown(r)
+	span := trace.SpanFromContext(ctx)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("tokenvend.provider", shown.Provider))
+	}
+	a, scope, err := s.getToken(ctx, caller, r, shown.Scope, minValid)
+	code := codeOf(err, shown.Provider)
+	if aerr := s.audit(ctx, span, caller, shown, scope, code, a); aerr != nil {
+		// No answer leaves unaudited, a token least of all.
+		err = aerr
+		code = codeOf(err, shown.Provider)
+	}
+	if err != nil {
+		s.fail(ctx, r.Provider, code, err)
+		return broker.Answer{}, scope, err
+	}
+	if n := s.requests.ok[r.Provider]; n != nil {
+		n.Add(1)
+	}
+	return a, scope, nil
 }
 
 // getToken applies the caller policy, then asks the broker. It returns the

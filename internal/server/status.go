@@ -67,3 +67,12 @@ func toStatus(err error, provider string) error {
 	}
 	return st.Err()
 }
+
+// codeOf is the gRPC code toStatus gives err (OK for nil), for audit lines
+// and counts.
+func codeOf(err error, provider string) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
+	return status.Code(toStatus(err, provider))
+}
