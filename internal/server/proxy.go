@@ -35,4 +35,3 @@ func (v vendor) Invalidate(ctx context.Context, caller string, r proxy.Request, 
 	}
 	return result == token.Invalidated, nil
 }
-
