@@ -189,7 +189,12 @@ func startProxyFor(t testing.TB, v proxy.Vendor, providers []config.Provider, ca
 	var cs []config.Caller
 	if callers {
 		sum := sha256.Sum256([]byte(apiKey))
-		cs = []config.Caller{{ID: "svc", APIKeySHA256: hex.EncodeToString(sum[:])}}
+		// svc has a grant for every configured provider, proxied or not.
+		var grants []config.Grant
+		for _, p := range providers {
+			grants = append(grants, config.Grant{Provider: p.Name, Scopes: []string{"*"}})
+		}
+		cs = []config.Caller{{ID: "svc", APIKeySHA256: hex.EncodeToString(sum[:]), Allow: grants}}
 	}
 	r := &running{logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter(), metrics: sdkmetric.NewManualReader()}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(r.spans))

@@ -161,8 +161,9 @@ func TestRedirectsComeBackUnfollowed(t *testing.T) {
 	}
 }
 
-// TestUnroutedProvider: a name without a proxy block is 404, except to an
-// unidentified caller when callers are configured, who learns nothing.
+// TestUnroutedProvider: a name without a proxy block is 404 to a caller
+// with a grant for it; to a caller without one, as to one unidentified when
+// callers are configured, the answer says nothing of what exists.
 func TestUnroutedProvider(t *testing.T) {
 	t.Parallel()
 	up := startKYC(t)
@@ -176,8 +177,8 @@ func TestUnroutedProvider(t *testing.T) {
 		{"/plain/x", "", http.StatusUnauthorized, "CALLER_UNIDENTIFIED"},
 		{"/nosuch/x", "", http.StatusUnauthorized, "CALLER_UNIDENTIFIED"},
 		{"/plain/x", apiKey, http.StatusNotFound, "PROVIDER_NOT_FOUND"},
-		{"/nosuch/x", apiKey, http.StatusNotFound, "PROVIDER_NOT_FOUND"},
-		{"/", apiKey, http.StatusNotFound, "PROVIDER_NOT_FOUND"},
+		{"/nosuch/x", apiKey, http.StatusForbidden, "CALLER_NOT_ALLOWED"},
+		{"/", apiKey, http.StatusNotFound, "PROVIDER_NOT_FOUND"}, // names no provider: reveals nothing
 	} {
 		a := get(t, p.url+tc.path, "x-api-key", tc.key)
 		if a.status != tc.status {
