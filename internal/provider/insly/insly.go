@@ -289,7 +289,7 @@ const (
 func (c *Client) passwordLogin(ctx context.Context) (*token.Token, error) {
 	password, err := c.cfg.Password.Value()
 	if err != nil {
-		return nil, token.Rejected(token.ReasonSecretUnreadable, "", "the configured password cannot be read: "+err.Error())
+		return nil, token.SecretUnreadable("password", err)
 	}
 	body := struct {
 		Username string            `json:"username"`
@@ -305,7 +305,7 @@ func (c *Client) clientLogin(ctx context.Context, scope string) (*token.Token, e
 	}
 	clientSecret, err := c.cfg.ClientSecret.Value()
 	if err != nil {
-		return nil, token.Rejected(token.ReasonSecretUnreadable, "", "the configured client_secret cannot be read: "+err.Error())
+		return nil, token.SecretUnreadable("client_secret", err)
 	}
 	body := struct {
 		ClientID     string `json:"client_id"`
