@@ -210,8 +210,8 @@ type call struct {
 // A pause is a short hold for a failure that is not the upstream's verdict
 // on the credentials, and that the next login would meet again at once: a
 // secret that cannot be read (no login was attempted), tokens that arrive
-// already expired. It counts no strike, so it never lengthens the
-// rejection backoff.
+// expired or with absurd times (each costs the upstream a login). It
+// counts no strike, so it never lengthens the rejection backoff.
 type hold struct {
 	err     *Error
 	until   time.Time
@@ -503,21 +503,26 @@ var earliestTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 const maxLifetime = 10 * 365 * 24 * time.Hour
 
+// errUnusable is the cause of every failure of arrived: the upstream did
+// log in, so asking again at once would cost another login for the same
+// answer, and logins pause instead (see pauseFor).
+var errUnusable = errors.New("the upstream logged in but its token cannot be used")
+
 // arrived checks a Source's token where it enters the cache: its times
-// must be sane, and it must be good for MinValid, since a token that is not
+// must be sane (garbage otherwise, UPSTREAM_UNAVAILABLE), and it must be
+// good for MinValid (TOKEN_EXPIRED_ON_ARRIVAL), since a token that is not
 // would never be handed out again and every later call would log in. Both
-// failures are transient (KindUnavailable): retried with backoff, never
-// cached.
+// are transient (KindUnavailable): retried with backoff, never cached.
 func (c *Cache) arrived(tok *Token, now time.Time) error {
 	latest := now.Add(maxLifetime)
 	if tok.IssuedAt.Before(earliestTime) || tok.IssuedAt.After(latest) {
-		return Unavailable(fmt.Sprintf("the upstream's answer has an absurd issue time (%s)", year(tok.IssuedAt)), nil)
+		return Unavailable(fmt.Sprintf("the upstream's answer has an absurd issue time (%s)", year(tok.IssuedAt)), errUnusable)
 	}
 	switch left := tok.Expiry.Sub(now); {
 	case tok.Expiry.IsZero():
 		return nil
 	case tok.Expiry.Before(earliestTime) || tok.Expiry.After(latest):
-		return Unavailable(fmt.Sprintf("the upstream's token has an absurd expiry (%s)", year(tok.Expiry)), nil)
+		return Unavailable(fmt.Sprintf("the upstream's token has an absurd expiry (%s)", year(tok.Expiry)), errUnusable)
 	case left <= 0:
 		return expiredOnArrival(fmt.Sprintf("had expired %s before it arrived", (-left).Round(time.Second)))
 	case left <= c.o.MinValid:
@@ -529,7 +534,7 @@ func (c *Cache) arrived(tok *Token, now time.Time) error {
 
 func expiredOnArrival(what string) *Error {
 	return &Error{
-		Kind: KindUnavailable, Reason: ReasonTokenExpiredOnArrival,
+		Kind: KindUnavailable, Reason: ReasonTokenExpiredOnArrival, Err: errUnusable,
 		Message: "the upstream's token " + what + ": the upstream's clock or this host's is likely wrong (see \"Clock skew\" in the README); tokenvend will try again",
 	}
 }
@@ -586,10 +591,10 @@ func (c *Cache) pauseFor(err error) time.Duration {
 	if !errors.As(err, &e) {
 		return 0
 	}
-	switch e.Reason {
-	case ReasonSecretUnreadable:
+	switch {
+	case e.Reason == ReasonSecretUnreadable:
 		return secretRetry
-	case ReasonTokenExpiredOnArrival:
+	case errors.Is(err, errUnusable):
 		// The shift is capped: after a long outage it would overflow.
 		return min(refreshRetryFirst<<min(c.hold.pauses, 8), refreshRetryMax)
 	default:

@@ -1172,7 +1172,9 @@ func TestCacheColdStartTriesCredentialsOnce(t *testing.T) {
 				results = append(results, goGet(ctx, c, Key{Scope: fmt.Sprintf("s%d", i), Subject: fmt.Sprint(j % 2)}, 0))
 			}
 		}
-		waitFor(t, "every caller waiting", func() bool { return c.waiting.Load() == int64(len(results)) })
+		// The trial's caller counts as waiting before its login reaches
+		// the source: wait for both.
+		waitFor(t, "every caller waiting", func() bool { return c.waiting.Load() == int64(len(results)) && src.calls() > 0 })
 		if got := src.calls(); got != 1 {
 			t.Fatalf("logins while the first is in flight: got %d, want 1 (the trial)", got)
 		}

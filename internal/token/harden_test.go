@@ -247,13 +247,14 @@ func TestCacheTokenExpiredOnArrival(t *testing.T) {
 
 // TestCacheAbsurdTimesAreGarbage: times outside what a token can carry
 // (before 2000, a decade ahead, beyond google.protobuf.Timestamp) are the
-// upstream answering garbage, never a token.
+// upstream answering garbage, never a token; since the upstream did log
+// in, logins then pause rather than log in on every call.
 func TestCacheAbsurdTimesAreGarbage(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name             string
-		issued, expiry   time.Time
-		wantIssued, says string
+		name           string
+		issued, expiry time.Time
+		says           string
 	}{
 		{name: "expiry beyond year 9999", expiry: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), says: "expiry (year 10000)"},
 		{name: "expiry in year 9999", expiry: time.Date(9999, 6, 1, 0, 0, 0, 0, time.UTC), says: "expiry (year 9999)"},
@@ -263,16 +264,24 @@ func TestCacheAbsurdTimesAreGarbage(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			c, src, _ := newTestCache(t, func(o *Options) { o.LoginAttempts = 1 })
+			c, src, clk := newTestCache(t, func(o *Options) { o.LoginAttempts = 1 })
 			src.setAnswer(func(int, Request) (*Token, error) {
 				return &Token{AccessToken: "t", IssuedAt: tc.issued, Expiry: tc.expiry}, nil
 			})
-			for range 2 {
-				tok, _, err := c.Get(context.Background(), Key{}, 0)
+			for i := range 10 {
+				tok, out, err := c.Get(context.Background(), Key{}, 0)
 				e := asError(t, err)
-				if tok != nil || e.Kind != KindUnavailable || e.Reason != ReasonUpstreamUnavailable || !strings.Contains(e.Message, tc.says) {
-					t.Fatalf("got %v, %v %s %q; want no token, KindUnavailable %s saying %q", tok, e.Kind, e.Reason, e.Message, ReasonUpstreamUnavailable, tc.says)
+				if tok != nil || e.Kind != KindUnavailable || e.Reason != ReasonUpstreamUnavailable || !strings.Contains(e.Message, tc.says) || out.Held != (i > 0) {
+					t.Fatalf("Get %d: got %v, %v %s %q %+v; want no token, KindUnavailable %s saying %q", i, tok, e.Kind, e.Reason, e.Message, out, ReasonUpstreamUnavailable, tc.says)
 				}
+			}
+			if got := src.calls(); got != 1 {
+				t.Errorf("logins for 10 calls: got %d, want 1 (then a pause)", got)
+			}
+			clk.Advance(refreshRetryFirst)
+			c.Get(context.Background(), Key{}, 0)
+			if got := src.calls(); got != 2 {
+				t.Errorf("logins after the pause: got %d, want 2", got)
 			}
 		})
 	}
