@@ -129,8 +129,8 @@ func (o Outcome) index() int {
 func (o Outcome) String() string { return outcomeNames[o.index()] }
 
 // Background refreshes that fail are retried this often, doubling, while
-// the cached token is still good. A pause after tokens that arrive expired
-// backs off the same way.
+// the cached token is still good. The pause after a token that arrives
+// unusable backs off the same way.
 const (
 	refreshRetryFirst = 5 * time.Second
 	refreshRetryMax   = time.Minute
