@@ -103,8 +103,8 @@ type Outcome struct {
 	// Shared is true when the caller waited on a login another caller
 	// had already started.
 	Shared bool
-	// Held is true when the answer came from the hold on a rejected
-	// login, without asking the upstream.
+	// Held is true when the answer came from a hold, without asking the
+	// upstream: on a rejected login, a pause, or the relogin interval.
 	Held bool
 }
 
@@ -287,7 +287,7 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		if since := now.Sub(e.loginAt); since < c.o.MinReloginInterval {
 			tok := e.tok
 			c.mu.Unlock()
-			return nil, Outcome{}, c.tooSoon(now, tok, minValidFor, c.o.MinReloginInterval-since)
+			return nil, Outcome{Held: true}, c.tooSoon(now, tok, minValidFor, c.o.MinReloginInterval-since)
 		}
 	}
 	cl, shared := e.call, e.call != nil

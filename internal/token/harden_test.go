@@ -30,10 +30,10 @@ func TestCacheMinReloginInterval(t *testing.T) {
 		first, _ := mustGet(t, c, k, need) // a first login is never refused
 		for i := range 50 {
 			clk.Advance(500 * time.Millisecond)
-			_, _, err := c.Get(ctx, k, need)
+			_, out, err := c.Get(ctx, k, need)
 			e := asError(t, err)
-			if e.Kind != KindInvalid || e.Reason != ReasonMinValidTooLong {
-				t.Fatalf("request %d: got %v, want KindInvalid %s", i+2, e, ReasonMinValidTooLong)
+			if e.Kind != KindInvalid || e.Reason != ReasonMinValidTooLong || !out.Held {
+				t.Fatalf("request %d: got %v %+v, want KindInvalid %s, Held (no login)", i+2, e, out, ReasonMinValidTooLong)
 			}
 			if i == 0 && (e.RetryAfter != 29500*time.Millisecond || !strings.Contains(e.Message, "valid for 59m59s more") ||
 				!strings.Contains(e.Message, "new token valid for 1h0m0s")) {
