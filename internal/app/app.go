@@ -127,6 +127,11 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		// password (and a TOTP code) to whatever host it names. The 3xx
 		// reaches the provider, which reports it as unavailable.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		// One exchange that hangs is cut, so the cache can try again
+		// within login_timeout. It bounds each upstream request, not a
+		// whole Source.Token: a scheme may wait on purpose between its
+		// requests (Ibanera for a fresh TOTP step).
+		Timeout: cfg.Cache.AttemptTimeout,
 	}
 	providers, err := buildProviders(cfg, deps{http: hc, now: o.Now, sleep: o.Sleep})
 	if err != nil {
@@ -143,17 +148,18 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		a.health.SetServingStatus(p.Name, healthpb.HealthCheckResponse_SERVING)
 	}
 	a.broker = broker.New(providers, token.Options{
-		RefreshBefore:    cfg.Cache.RefreshBefore,
-		MinValid:         cfg.Cache.MinValid,
-		RejectBackoff:    cfg.Cache.RejectBackoff,
-		MaxRejectBackoff: cfg.Cache.MaxRejectBackoff,
-		LoginTimeout:     cfg.Cache.LoginTimeout,
-		LoginAttempts:    cfg.Cache.LoginAttempts,
-		RetryBase:        o.RetryBase,
-		Now:              o.Now,
-		Tracer:           a.tel.Tracer.Tracer("tokenvend"),
-		Metrics:          metrics,
-		Log:              o.Log,
+		RefreshBefore:      cfg.Cache.RefreshBefore,
+		MinValid:           cfg.Cache.MinValid,
+		RejectBackoff:      cfg.Cache.RejectBackoff,
+		MaxRejectBackoff:   cfg.Cache.MaxRejectBackoff,
+		LoginTimeout:       cfg.Cache.LoginTimeout,
+		LoginAttempts:      cfg.Cache.LoginAttempts,
+		MinReloginInterval: cfg.Cache.MinReloginInterval,
+		RetryBase:          o.RetryBase,
+		Now:                o.Now,
+		Tracer:             a.tel.Tracer.Tracer("tokenvend"),
+		Metrics:            metrics,
+		Log:                o.Log,
 	}, a.providerHeld)
 	policy := auth.New(cfg.Callers)
 	if cfg.Server.TLSTerminatedByMesh {

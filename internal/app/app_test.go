@@ -108,7 +108,9 @@ func TestThousandCallersOnColdKeyShareOneLogin(t *testing.T) {
 	t.Parallel()
 	clk := newClock()
 	sim, url := kycSim(t, clk)
-	s := startService(t, clk, "providers:"+kycProvider("kyc", url, kycPassword))
+	// The hung login must outlast gathering 1,000 callers on a slow
+	// machine: it is not cut and retried after the default 10s.
+	s := startService(t, clk, "cache:\n  attempt_timeout: 1m\nproviders:"+kycProvider("kyc", url, kycPassword))
 
 	// The login hangs until every caller is waiting on it, so all 1,000
 	// are misses on a cold key, not hits after a quick login.

@@ -208,7 +208,9 @@ func TestIbaneraLoginsNeverReuseAStep(t *testing.T) {
 	t.Parallel()
 	clk := newClock()
 	sim, url := ibaneraSim(t, clk)
-	s := startService(t, clk, "providers:"+ibaneraProvider(url, ibaneraPassword, ""))
+	// The relogin interval would refuse the forced login below: it is
+	// shortened to let one come within a TOTP step of the last.
+	s := startService(t, clk, "cache:\n  min_relogin_interval: 1s\nproviders:"+ibaneraProvider(url, ibaneraPassword, ""))
 	step := clk.Now()
 	clk.Advance(10 * time.Second)
 	first := s.mustGet("ibanera")

@@ -453,7 +453,7 @@ func TestMintFailureIsLogged(t *testing.T) {
 	t.Parallel()
 	var buf strings.Builder
 	o := token.Options{Log: slog.New(slog.NewTextHandler(&buf, nil))}
-	src := &fakeSource{name: "p", now: time.Now, err: token.Unreadable("private_key", errors.New("cannot read secret file /run/secrets/key"))}
+	src := &fakeSource{name: "p", now: time.Now, err: token.SecretUnreadable("private_key", errors.New("cannot read secret file /run/secrets/key"))}
 	b := broker.New([]broker.Provider{{Name: "p", Kind: "k", Source: src, SingleUse: true}}, o, nil)
 	_, err := b.Token(context.Background(), broker.Request{Provider: "p"})
 	var e *token.Error

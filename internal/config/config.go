@@ -75,6 +75,14 @@ type Cache struct {
 	MaxRejectBackoff time.Duration `yaml:"max_reject_backoff"`
 	// LoginTimeout bounds one shared login, retries included.
 	LoginTimeout time.Duration `yaml:"login_timeout"`
+	// AttemptTimeout bounds one exchange with an upstream, so that one
+	// hung connection is cut and retried within LoginTimeout instead of
+	// using it up.
+	AttemptTimeout time.Duration `yaml:"attempt_timeout"`
+	// MinReloginInterval is the least time between two logins for one
+	// key that only a caller's min_valid_for asks for: a caller cannot
+	// make tokenvend hammer an upstream account.
+	MinReloginInterval time.Duration `yaml:"min_relogin_interval"`
 	// LoginAttempts is how many times a transient failure (network, 5xx)
 	// is tried before callers get UNAVAILABLE.
 	LoginAttempts int `yaml:"login_attempts"`
@@ -104,6 +112,8 @@ const (
 	DefaultMaxRejectBackoff = 30 * time.Minute
 	DefaultLoginTimeout     = 30 * time.Second
 	DefaultLoginAttempts    = 3
+	DefaultAttemptTimeout   = 10 * time.Second
+	DefaultMinRelogin       = 30 * time.Second
 )
 
 // UnmarshalYAML keeps the provider's node for its kind to decode later.
@@ -174,12 +184,14 @@ func Default() *Config {
 			ShutdownTimeout: DefaultShutdownTimeout,
 		},
 		Cache: Cache{
-			RefreshBefore:    DefaultRefreshBefore,
-			MinValid:         DefaultMinValid,
-			RejectBackoff:    DefaultRejectBackoff,
-			MaxRejectBackoff: DefaultMaxRejectBackoff,
-			LoginTimeout:     DefaultLoginTimeout,
-			LoginAttempts:    DefaultLoginAttempts,
+			RefreshBefore:      DefaultRefreshBefore,
+			MinValid:           DefaultMinValid,
+			RejectBackoff:      DefaultRejectBackoff,
+			MaxRejectBackoff:   DefaultMaxRejectBackoff,
+			LoginTimeout:       DefaultLoginTimeout,
+			LoginAttempts:      DefaultLoginAttempts,
+			AttemptTimeout:     DefaultAttemptTimeout,
+			MinReloginInterval: DefaultMinRelogin,
 		},
 	}
 }
@@ -214,11 +226,18 @@ func (c *Config) validate() error {
 	}
 	check(c.Cache.RefreshBefore > 0, "cache.refresh_before", "must be positive")
 	check(c.Cache.MinValid >= 0, "cache.min_valid", "must not be negative")
-	check(c.Cache.RefreshBefore <= 0 || c.Cache.RefreshBefore > c.Cache.MinValid, "cache.refresh_before",
-		"must be longer than cache.min_valid: a refresh must start before callers stop getting the token")
+	// A token is handed out until MinValid before its expiry, and a
+	// long-lived one is refreshed RefreshBefore ahead: what lies between
+	// is the time a background refresh has to finish before callers must
+	// wait for a login. It must hold at least one whole upstream attempt.
+	check(c.Cache.RefreshBefore <= 0 || c.Cache.AttemptTimeout <= 0 || c.Cache.RefreshBefore >= c.Cache.MinValid+c.Cache.AttemptTimeout, "cache.refresh_before",
+		fmt.Sprintf("must be longer than cache.min_valid by at least cache.attempt_timeout (%s): a refresh must have time to finish before callers stop getting the token",
+			c.Cache.AttemptTimeout))
 	check(c.Cache.RejectBackoff > 0, "cache.reject_backoff", "must be positive")
 	check(c.Cache.MaxRejectBackoff >= c.Cache.RejectBackoff, "cache.max_reject_backoff", "must be at least cache.reject_backoff")
 	check(c.Cache.LoginTimeout > 0, "cache.login_timeout", "must be positive")
+	check(c.Cache.AttemptTimeout > 0, "cache.attempt_timeout", "must be positive")
+	check(c.Cache.MinReloginInterval > 0, "cache.min_relogin_interval", "must be positive")
 	check(c.Cache.LoginAttempts >= 1 && c.Cache.LoginAttempts <= 10, "cache.login_attempts", "must be between 1 and 10")
 	check(len(c.Providers) > 0, "providers", "at least one provider is required")
 	seen := map[string]string{}

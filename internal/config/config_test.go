@@ -61,12 +61,14 @@ func TestDefaults(t *testing.T) {
 				t.Errorf("Server: got %+v, want %+v", cfg.Server, wantServer)
 			}
 			wantCache := config.Cache{
-				RefreshBefore:    5 * time.Minute,
-				MinValid:         30 * time.Second,
-				RejectBackoff:    time.Minute,
-				MaxRejectBackoff: 30 * time.Minute,
-				LoginTimeout:     30 * time.Second,
-				LoginAttempts:    3,
+				RefreshBefore:      5 * time.Minute,
+				MinValid:           30 * time.Second,
+				RejectBackoff:      time.Minute,
+				MaxRejectBackoff:   30 * time.Minute,
+				LoginTimeout:       30 * time.Second,
+				LoginAttempts:      3,
+				AttemptTimeout:     10 * time.Second,
+				MinReloginInterval: 30 * time.Second,
 			}
 			if cfg.Cache != wantCache {
 				t.Errorf("Cache: got %+v, want %+v", cfg.Cache, wantCache)
@@ -89,6 +91,8 @@ cache:
   max_reject_backoff: 1h
   login_timeout: 45s
   login_attempts: 10
+  attempt_timeout: 5s
+  min_relogin_interval: 1m
 `+providers)
 	wantServer := config.Server{GRPCAddr: "[::1]:7000", HTTPAddr: "localhost:7001", ShutdownTimeout: 2 * time.Second}
 	if !reflect.DeepEqual(cfg.Server, wantServer) {
@@ -97,6 +101,7 @@ cache:
 	wantCache := config.Cache{
 		RefreshBefore: 10 * time.Minute, MinValid: time.Minute, RejectBackoff: 5 * time.Second,
 		MaxRejectBackoff: time.Hour, LoginTimeout: 45 * time.Second, LoginAttempts: 10,
+		AttemptTimeout: 5 * time.Second, MinReloginInterval: time.Minute,
 	}
 	if cfg.Cache != wantCache {
 		t.Errorf("Cache: got %+v, want %+v", cfg.Cache, wantCache)
@@ -271,6 +276,8 @@ func TestBadField(t *testing.T) {
 		{"max_reject_backoff below reject_backoff", "cache:\n  reject_backoff: 10m\n  max_reject_backoff: 5m\n" + providers,
 			"cache.max_reject_backoff: must be at least cache.reject_backoff"},
 		{"negative login_timeout", "cache:\n  login_timeout: -1s\n" + providers, "cache.login_timeout: must be positive"},
+		{"zero attempt_timeout", "cache:\n  attempt_timeout: 0s\n" + providers, "cache.attempt_timeout: must be positive"},
+		{"negative min_relogin_interval", "cache:\n  min_relogin_interval: -1s\n" + providers, "cache.min_relogin_interval: must be positive"},
 		{"too many login_attempts", "cache:\n  login_attempts: 11\n" + providers, "cache.login_attempts: must be between 1 and 10"},
 		{"negative login_attempts", "cache:\n  login_attempts: -1\n" + providers, "cache.login_attempts: must be between 1 and 10"},
 
@@ -839,11 +846,30 @@ providers:
 	}
 }
 
+// TestRefreshBeforeMustExceedMinValid: a long-lived token is refreshed
+// refresh_before ahead of its expiry and handed out until min_valid before
+// it; a window between them shorter than one upstream attempt leaves
+// callers waiting for the refresh.
 func TestRefreshBeforeMustExceedMinValid(t *testing.T) {
 	t.Parallel()
-	_, err := config.Parse([]byte("cache:\n  refresh_before: 10s\n  min_valid: 30s\nproviders:\n  - {name: a, kind: k}\n"))
-	if err == nil || !strings.Contains(err.Error(), "cache.refresh_before: must be longer than cache.min_valid") {
-		t.Errorf("refresh_before below min_valid: got %v, want it refused", err)
+	const want = "cache.refresh_before: must be longer than cache.min_valid by at least cache.attempt_timeout"
+	for _, tc := range []struct {
+		cache string
+		ok    bool
+	}{
+		{"refresh_before: 10s\n  min_valid: 30s", false},
+		{"refresh_before: 30s\n  min_valid: 30s", false},
+		// Longer than min_valid, but by less than an attempt (10s).
+		{"refresh_before: 31s\n  min_valid: 30s", false},
+		{"refresh_before: 40s\n  min_valid: 30s", true},
+		{"refresh_before: 40s\n  min_valid: 30s\n  attempt_timeout: 11s", false},
+		{"refresh_before: 5m\n  min_valid: 4m55s\n  attempt_timeout: 5s", true},
+	} {
+		_, err := config.Parse([]byte("cache:\n  " + tc.cache + "\nproviders:\n  - {name: a, kind: k}\n"))
+		refused := err != nil && strings.Contains(err.Error(), want)
+		if refused == tc.ok {
+			t.Errorf("%q: got %v, want refused %v", tc.cache, err, !tc.ok)
+		}
 	}
 }
 

@@ -22,10 +22,10 @@ type Options struct {
 	// Provider and Kind label spans, metrics and messages.
 	Provider, Kind string
 	// RefreshBefore starts a background refresh this long before a cached
-	// token expires (5m). A token whose whole lifetime is shorter than
-	// twice this is refreshed at half its life instead, and one too short
-	// for that to come before MinValid, halfway through the time it can be
-	// handed out.
+	// token expires (5m). A token so short that this would come before
+	// it has been handed out for half the time it can be (its lifetime
+	// less MinValid) is refreshed at that half-way point instead: see
+	// refreshAt.
 	RefreshBefore time.Duration
 	// MinValid is the least validity a cached token needs to be handed out
 	// (30s).
@@ -35,11 +35,14 @@ type Options struct {
 	RejectBackoff, MaxRejectBackoff time.Duration
 	// LoginTimeout bounds one shared login, retries included (30s).
 	LoginTimeout time.Duration
-	// MinRelogin is the least time between two logins of one key that
-	// callers' reports (Invalidate) start (30s).
-	MinRelogin time.Duration
 	// LoginAttempts is how often a transient failure is tried (3).
 	LoginAttempts int
+	// MinReloginInterval is the least time between two logins for one key
+	// that only a caller's min_valid_for asks for (30s). Inside it, a
+	// request the cached token cannot satisfy is refused with the validity
+	// that can be had, so no caller can make the cache hammer an upstream
+	// account. It bounds the logins that reports (Invalidate) start too.
+	MinReloginInterval time.Duration
 	// RetryBase is the first wait between attempts (200ms); it doubles,
 	// with jitter.
 	RetryBase time.Duration
@@ -52,10 +55,10 @@ type Options struct {
 	// Log receives login failures; never a token or a secret (discarded
 	// when nil).
 	Log *slog.Logger
-	// OnHold, when set, is told when logins become held after a rejection
-	// (true) and when a login succeeds again (false). It is called in
-	// order with the cache locked: it must be quick and must not call the
-	// Cache.
+	// OnHold, when set, is told when logins become held, after a
+	// rejection or a pause (true), and when a login succeeds again
+	// (false). It is called in order with the cache locked: it must be
+	// quick and must not call the Cache.
 	OnHold func(held bool)
 }
 
@@ -69,8 +72,8 @@ func (o *Options) setDefaults() {
 	def(&o.RejectBackoff, time.Minute)
 	def(&o.MaxRejectBackoff, 30*time.Minute)
 	def(&o.LoginTimeout, 30*time.Second)
-	def(&o.MinRelogin, 30*time.Second)
 	def(&o.RetryBase, 200*time.Millisecond)
+	def(&o.MinReloginInterval, 30*time.Second)
 	if o.MinValid < 0 {
 		o.MinValid = 0
 	}
@@ -100,8 +103,8 @@ type Outcome struct {
 	// Shared is true when the caller waited on a login another caller
 	// had already started.
 	Shared bool
-	// Held is true when the answer came from the hold on a rejected
-	// login, without asking the upstream.
+	// Held is true when the answer came from a hold, without asking the
+	// upstream: on a rejected login, a pause, or the relogin interval.
 	Held bool
 }
 
@@ -126,11 +129,17 @@ func (o Outcome) index() int {
 func (o Outcome) String() string { return outcomeNames[o.index()] }
 
 // Background refreshes that fail are retried this often, doubling, while
-// the cached token is still good.
+// the cached token is still good. The pause after a token that arrives
+// unusable backs off the same way.
 const (
 	refreshRetryFirst = 5 * time.Second
 	refreshRetryMax   = time.Minute
 )
+
+// secretRetry is how long logins pause after a secret could not be read:
+// reading it again costs nothing upstream, and the fix (a remount, the end
+// of a rotation) should take effect within seconds.
+const secretRetry = 5 * time.Second
 
 // Cache caches one provider's tokens. Concurrent misses for a key share
 // one login; a token nearing expiry is refreshed in the background while
@@ -174,6 +183,9 @@ type entry struct {
 	call            *call // the login or refresh in flight, if any
 	refreshAt       time.Time
 	refreshFailures int
+	// loginAt is when the key's last login or refresh started, to space
+	// the logins that only a caller's min_valid_for asks for.
+	loginAt time.Time
 }
 
 // call is one login shared by every caller that waits on it. It runs on a
@@ -197,10 +209,17 @@ type call struct {
 // rejected; other keys keep getting the rejection until it answers, so a
 // wrong password costs one upstream attempt per period however many keys
 // are asked for.
+//
+// A pause is a short hold for a failure that is not the upstream's verdict
+// on the credentials, and that the next login would meet again at once: a
+// secret that cannot be read (no login was attempted), tokens that arrive
+// expired or with absurd times (each costs the upstream a login). It
+// counts no strike, so it never lengthens the rejection backoff.
 type hold struct {
 	err     *Error
 	until   time.Time
 	strikes int
+	pauses  int // pauses since the last success, for their backoff
 	probe   *call
 }
 
@@ -265,6 +284,15 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		c.mu.Unlock()
 		return nil, Outcome{}, c.tooLong(minValidFor, c.lifetime)
 	}
+	if e.call == nil && e.tok != nil && e.tok.ValidFor(now, c.o.MinValid) {
+		// The cached token is good for everyone but this caller: only its
+		// min_valid_for asks for a login, and those are spaced.
+		if since := now.Sub(e.loginAt); since < c.o.MinReloginInterval {
+			tok := e.tok
+			c.mu.Unlock()
+			return nil, Outcome{Held: true}, c.tooSoon(now, tok, minValidFor, c.o.MinReloginInterval-since)
+		}
+	}
 	cl, shared := e.call, e.call != nil
 	if cl == nil && !c.proven && c.trial != nil {
 		// Another key's login is trying the credentials: its answer
@@ -273,6 +301,12 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		c.mu.Unlock()
 		if err := c.await(ctx, trial); err != nil {
 			return nil, Outcome{}, err
+		}
+		if KindOf(trial.err) == KindUnavailable {
+			// The upstream failed the trial, retries included: the next
+			// key would only fail the same way, a whole login later, and
+			// the one after it later still. Everyone waiting hears now.
+			return nil, Outcome{Shared: true}, trial.err
 		}
 		return c.get(ctx, k, minValidFor)
 	}
@@ -316,6 +350,20 @@ func (c *Cache) await(ctx context.Context, cl *call) error {
 	}
 }
 
+// tooSoon refuses a login that only minValidFor asks for, inside
+// MinReloginInterval of the key's last one: it says what validity can be
+// had now, and what after wait.
+func (c *Cache) tooSoon(now time.Time, tok *Token, minValidFor, wait time.Duration) *Error {
+	return &Error{
+		Kind:       KindInvalid,
+		Reason:     ReasonMinValidTooLong,
+		RetryAfter: wait,
+		Message: fmt.Sprintf("provider %q: the cached token is valid for %s more, less than min_valid_for %s, and tokenvend logged in for it less than %s ago (cache.min_relogin_interval): ask for less, or retry in %s for a new token valid for %s",
+			c.o.Provider, tok.Expiry.Sub(now).Truncate(time.Second), minValidFor, c.o.MinReloginInterval,
+			wait.Round(time.Second), tok.Expiry.Sub(tok.IssuedAt).Round(time.Second)),
+	}
+}
+
 func (c *Cache) tooLong(minValidFor, lifetime time.Duration) *Error {
 	return &Error{
 		Kind:    KindInvalid,
@@ -330,6 +378,7 @@ func (c *Cache) startLocked(ctx context.Context, k Key, e *entry, background boo
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.LoginTimeout)
 	cl := &call{done: make(chan struct{}), cancel: cancel, background: background}
 	e.call = cl
+	e.loginAt = c.o.Now()
 	if c.hold.err != nil {
 		c.hold.probe = cl
 	}
@@ -383,10 +432,14 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token)
 		if !tok.Expiry.IsZero() {
 			c.lifetime = tok.Expiry.Sub(tok.IssuedAt)
 		}
-		if c.hold.err != nil || c.hold.strikes > 0 {
+		if c.hold.err != nil || c.hold.strikes > 0 || c.hold.pauses > 0 {
 			c.hold = hold{}
 			c.notify(false)
 		}
+	case c.pauseFor(err) > 0:
+		// Before the rejection case: a secret that cannot be read is no
+		// verdict on the credentials, nor on a revocable token.
+		err = c.pauseLocked(now, err)
 	case KindOf(err) == KindRejected:
 		if prev != nil && prev.CheckEvery > 0 && e.tok == prev {
 			// The check of a revocable token was rejected: the token
@@ -415,10 +468,13 @@ func (c *Cache) login(ctx context.Context, cl *call, r Request) (*Token, error) 
 			err = &Error{Kind: KindInternal, Reason: "INTERNAL", Message: "provider returned no token"}
 		}
 		if err == nil {
+			now := c.o.Now()
 			if tok.IssuedAt.IsZero() {
-				tok.IssuedAt = c.o.Now()
+				tok.IssuedAt = now
 			}
-			return tok, nil
+			if err = c.arrived(tok, now); err == nil {
+				return tok, nil
+			}
 		}
 		err = classify(ctx, err)
 		c.mu.Lock()
@@ -442,6 +498,53 @@ func (c *Cache) login(ctx context.Context, cl *call, r Request) (*Token, error) 
 	}
 }
 
+// Bounds on the times a token may carry. Outside them a time is garbage
+// from the upstream: google.protobuf.Timestamp ends with the year 9999, so
+// such a time could not even be sent to a caller, and no upstream issues
+// tokens for a decade.
+var earliestTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+const maxLifetime = 10 * 365 * 24 * time.Hour
+
+// errUnusable is the cause of every failure of arrived: the upstream did
+// log in, so asking again at once would cost another login for the same
+// answer, and logins pause instead (see pauseFor).
+var errUnusable = errors.New("the upstream logged in but its token cannot be used")
+
+// arrived checks a Source's token where it enters the cache: its times
+// must be sane (garbage otherwise, UPSTREAM_UNAVAILABLE), and it must be
+// good for MinValid (TOKEN_EXPIRED_ON_ARRIVAL), since a token that is not
+// would never be handed out again and every later call would log in. Both
+// are transient (KindUnavailable): retried with backoff, never cached.
+func (c *Cache) arrived(tok *Token, now time.Time) error {
+	latest := now.Add(maxLifetime)
+	if tok.IssuedAt.Before(earliestTime) || tok.IssuedAt.After(latest) {
+		return Unavailable(fmt.Sprintf("the upstream's answer has an absurd issue time (%s)", year(tok.IssuedAt)), errUnusable)
+	}
+	switch left := tok.Expiry.Sub(now); {
+	case tok.Expiry.IsZero():
+		return nil
+	case tok.Expiry.Before(earliestTime) || tok.Expiry.After(latest):
+		return Unavailable(fmt.Sprintf("the upstream's token has an absurd expiry (%s)", year(tok.Expiry)), errUnusable)
+	case left <= 0:
+		return expiredOnArrival(fmt.Sprintf("had expired %s before it arrived", (-left).Round(time.Second)))
+	case left <= c.o.MinValid:
+		return expiredOnArrival(fmt.Sprintf("was valid for only %s when it arrived, no more than cache.min_valid (%s)",
+			left.Round(time.Second), c.o.MinValid))
+	}
+	return nil
+}
+
+func expiredOnArrival(what string) *Error {
+	return &Error{
+		Kind: KindUnavailable, Reason: ReasonTokenExpiredOnArrival, Err: errUnusable,
+		Message: "the upstream's token " + what + ": the upstream's clock or this host's is likely wrong (see \"Clock skew\" in the README); tokenvend will try again",
+	}
+}
+
+// year names an absurd time briefly: the year is what is wrong with it.
+func year(t time.Time) string { return fmt.Sprintf("year %d", t.Year()) }
+
 // classify makes sure every error leaving the cache is an *Error.
 func classify(ctx context.Context, err error) error {
 	var e *Error
@@ -462,16 +565,19 @@ func (c *Cache) refreshAt(tok *Token, now time.Time) time.Time {
 		issued = now
 	}
 	var at time.Time
-	if life := tok.Expiry.Sub(issued); !tok.Expiry.IsZero() {
-		lead := min(c.o.RefreshBefore, life/2)
-		if lead <= c.o.MinValid && life > c.o.MinValid {
-			// Callers stop getting the token MinValid before it expires:
-			// a refresh due later would never start before someone had
-			// to wait for a login. Refresh halfway through the time the
-			// token can be handed out instead.
-			lead = c.o.MinValid + (life-c.o.MinValid)/2
+	if !tok.Expiry.IsZero() {
+		// Callers get the token until MinValid before it expires. The
+		// refresh starts RefreshBefore before expiry, but not before the
+		// token has been handed out for half the time it can be: so the
+		// refresh has min(RefreshBefore-MinValid, half that time) to
+		// finish before anyone must wait, which changes smoothly with the
+		// lifetime, and a short token is not refreshed the moment it
+		// arrives.
+		handout := max(tok.Expiry.Sub(issued)-c.o.MinValid, 0)
+		at = tok.Expiry.Add(-c.o.RefreshBefore)
+		if half := issued.Add(handout / 2); half.After(at) {
+			at = half
 		}
-		at = tok.Expiry.Add(-lead)
 	}
 	if tok.CheckEvery > 0 {
 		if check := issued.Add(tok.CheckEvery); at.IsZero() || check.Before(at) {
@@ -479,6 +585,42 @@ func (c *Cache) refreshAt(tok *Token, now time.Time) time.Time {
 		}
 	}
 	return at
+}
+
+// pauseFor is how long logins pause after err, or 0 when err calls for no
+// pause (see hold).
+func (c *Cache) pauseFor(err error) time.Duration {
+	var e *Error
+	if !errors.As(err, &e) {
+		return 0
+	}
+	switch {
+	case e.Reason == ReasonSecretUnreadable:
+		return secretRetry
+	case errors.Is(err, errUnusable):
+		// The shift is capped: after a long outage it would overflow.
+		return min(refreshRetryFirst<<min(c.hold.pauses, 8), refreshRetryMax)
+	default:
+		return 0
+	}
+}
+
+// pauseLocked pauses logins after err (see hold) and returns the error
+// callers get. A rejection hold still running is not cut short.
+func (c *Cache) pauseLocked(now time.Time, err error) error {
+	var e *Error
+	errors.As(err, &e)
+	until := now.Add(c.pauseFor(err))
+	c.hold.pauses++
+	wasHeld := c.hold.err != nil
+	c.hold.err = e
+	if until.After(c.hold.until) {
+		c.hold.until = until
+	}
+	if !wasHeld {
+		c.notify(true)
+	}
+	return c.heldLocked(now, nil)
 }
 
 // holdLocked remembers a rejection and returns the error callers get.
@@ -534,7 +676,8 @@ func (c *Cache) notify(held bool) {
 type State struct {
 	// Valid is true when some cached token has at least MinValid left.
 	Valid bool
-	// Held is the rejection logins are held for, nil when none.
+	// Held is the rejection (or the pause) logins are held for, nil when
+	// none.
 	Held *Error
 }
 

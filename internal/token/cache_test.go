@@ -355,8 +355,9 @@ func TestCacheRefreshAhead(t *testing.T) {
 	}{
 		{"long-lived token refreshes RefreshBefore ahead", time.Hour, time.Hour - time.Minute},
 		{"lifetime of exactly twice RefreshBefore", 2 * time.Minute, time.Minute},
-		{"short-lived token refreshes at half-life", 40 * time.Second, 20 * time.Second},
-		{"very short-lived token refreshes at half-life", 90 * time.Second, 45 * time.Second},
+		// Handed out for 30s (MinValid 10s): refreshed halfway through.
+		{"short-lived token refreshes halfway through its hand-out time", 40 * time.Second, 15 * time.Second},
+		{"90s token refreshes halfway through its hand-out time", 90 * time.Second, 40 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -1171,7 +1172,9 @@ func TestCacheColdStartTriesCredentialsOnce(t *testing.T) {
 				results = append(results, goGet(ctx, c, Key{Scope: fmt.Sprintf("s%d", i), Subject: fmt.Sprint(j % 2)}, 0))
 			}
 		}
-		waitFor(t, "every caller waiting", func() bool { return c.waiting.Load() == int64(len(results)) })
+		// The trial's caller counts as waiting before its login reaches
+		// the source: wait for both.
+		waitFor(t, "every caller waiting", func() bool { return c.waiting.Load() == int64(len(results)) && src.calls() > 0 })
 		if got := src.calls(); got != 1 {
 			t.Fatalf("logins while the first is in flight: got %d, want 1 (the trial)", got)
 		}
@@ -1243,7 +1246,7 @@ func TestCacheColdStartTriesCredentialsOnce(t *testing.T) {
 		}
 	})
 
-	t.Run("an unreachable upstream: the next key tries", func(t *testing.T) {
+	t.Run("an unreachable upstream: every waiter hears at once, the next request tries again", func(t *testing.T) {
 		t.Parallel()
 		c, src, _ := newTestCache(t, func(o *Options) { o.LoginAttempts = 1 })
 		src.setAnswer(func(n int, r Request) (*Token, error) {
@@ -1255,15 +1258,28 @@ func TestCacheColdStartTriesCredentialsOnce(t *testing.T) {
 		release := src.block(t)
 		first := goGet(ctx, c, Key{Scope: "a"}, 0)
 		waitFor(t, "the trial", func() bool { return src.calls() == 1 })
-		second := goGet(ctx, c, Key{Scope: "b"}, 0)
-		waitFor(t, "the second caller waiting", func() bool { return c.waiting.Load() == 2 })
+		var others []<-chan result
+		for i := range 5 {
+			others = append(others, goGet(ctx, c, Key{Scope: fmt.Sprint("b", i)}, 0))
+		}
+		waitFor(t, "the other keys waiting", func() bool { return c.waiting.Load() == 6 })
 		src.unblock()
 		release()
 		if e := asError(t, recv(t, first).err); e.Kind != KindUnavailable {
 			t.Fatalf("first: got %v, want unavailable", e)
 		}
-		if r := recv(t, second); r.err != nil {
-			t.Fatalf("second, after the trial failed on the network: %v", r.err)
+		// Had each waiting key become the trial in turn, a hung upstream
+		// would have kept the last one waiting five logins more.
+		for i, ch := range others {
+			if e := asError(t, recv(t, ch).err); e.Kind != KindUnavailable {
+				t.Fatalf("waiter %d: got %v, want the trial's failure", i, e)
+			}
+		}
+		if got := src.calls(); got != 1 {
+			t.Fatalf("logins: got %d, want 1 (the failed trial, no key tried after it)", got)
+		}
+		if _, _, err := c.Get(ctx, Key{Scope: "b0"}, 0); err != nil {
+			t.Fatalf("the next request, with the upstream back: %v", err)
 		}
 	})
 }

@@ -42,8 +42,15 @@ const (
 	ReasonUpstreamUnavailable = "UPSTREAM_UNAVAILABLE"
 	ReasonMinValidTooLong     = "MIN_VALID_FOR_TOO_LONG"
 	// ReasonSecretUnreadable: the configured secret (an env variable or a
-	// file) cannot be read at login time; no login was attempted.
+	// file) cannot be read or used at login time; no login was attempted.
+	// The Cache pauses logins briefly rather than holding it like a
+	// rejection.
 	ReasonSecretUnreadable = "SECRET_UNREADABLE"
+	// ReasonTokenExpiredOnArrival: the upstream answered a token that had
+	// expired (or had less than min_valid left) by this host's clock,
+	// most likely because one of the clocks is wrong. It is transient:
+	// retried with backoff, never cached.
+	ReasonTokenExpiredOnArrival = "TOKEN_EXPIRED_ON_ARRIVAL"
 )
 
 // Error is a classified failure. Message is written for the caller: it says
@@ -79,13 +86,17 @@ func Rejected(reason, upstream, message string) *Error {
 	return &Error{Kind: KindRejected, Reason: reason, Upstream: upstream, Message: message}
 }
 
-// Unreadable reports that the configured secret what ("password") cannot
-// be read at use. The caller is told which secret; where it lives (an
-// environment variable, a file path) is configuration detail, kept in the
-// cause for the service's log.
-func Unreadable(what string, cause error) *Error {
-	return &Error{Kind: KindRejected, Reason: ReasonSecretUnreadable, Err: cause,
-		Message: "the configured " + what + " cannot be read: an operator must fix it"}
+// SecretUnreadable reports that the configured secret named what (the
+// config key, e.g. "password") cannot be read or used; cause says why. The
+// cause names where the secret is read from (a variable, a file), so it
+// stays in the service's log and out of the caller's message.
+func SecretUnreadable(what string, cause error) *Error {
+	return &Error{
+		Kind:    KindRejected,
+		Reason:  ReasonSecretUnreadable,
+		Message: "the configured " + what + " cannot be read or used: an operator must check it (the service log says why)",
+		Err:     cause,
+	}
 }
 
 // Unavailable reports a transient upstream failure.

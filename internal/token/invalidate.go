@@ -40,7 +40,7 @@ type reports struct {
 // token of k. Only the current cached token counts, compared in constant
 // time on a hash. Its first report drops it and starts one login, which
 // every Get of k waits on. At most one report-started login per key per
-// Options.MinRelogin: a report inside it changes nothing. When the token
+// Options.MinReloginInterval: a report inside it changes nothing. When the token
 // of a report-started login is itself reported within the interval, the
 // interval doubles (up to MaxRejectBackoff); a quiet interval restores it.
 func (c *Cache) Invalidate(ctx context.Context, k Key, accessToken string) Invalidation {
@@ -65,7 +65,7 @@ func (c *Cache) Invalidate(ctx context.Context, k Key, accessToken string) Inval
 		c.reports[k] = r
 	}
 	if r.interval == 0 {
-		r.interval = c.o.MinRelogin
+		r.interval = c.o.MinReloginInterval
 	}
 	if !r.at.IsZero() {
 		since := now.Sub(r.at)
@@ -79,7 +79,7 @@ func (c *Cache) Invalidate(ctx context.Context, k Key, accessToken string) Inval
 			return Limited
 		}
 		if since >= 2*r.interval {
-			r.interval = c.o.MinRelogin
+			r.interval = c.o.MinReloginInterval
 		}
 	}
 	if c.heldLocked(now, e) != nil {

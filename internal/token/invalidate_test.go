@@ -84,7 +84,7 @@ func TestInvalidateConcurrentReportsCostOneLogin(t *testing.T) {
 
 func TestInvalidateIsRateLimitedAndBacksOff(t *testing.T) {
 	t.Parallel()
-	c, src, clk := newTestCache(t, func(o *Options) { o.MinRelogin = 30 * time.Second })
+	c, src, clk := newTestCache(t, func(o *Options) { o.MinReloginInterval = 30 * time.Second })
 	k := Key{Scope: "a"}
 	report := func(want Invalidation) {
 		t.Helper()

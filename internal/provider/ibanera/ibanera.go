@@ -204,7 +204,7 @@ func New(cfg Config, hc *http.Client, now func() time.Time, sleep func(ctx conte
 func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, error) {
 	password, err := c.cfg.Password.Value()
 	if err != nil {
-		return nil, token.Unreadable("password", err)
+		return nil, token.SecretUnreadable("password", err)
 	}
 	key, err := c.totpKey()
 	if err != nil {
@@ -304,7 +304,7 @@ func (c *Client) Finish(ctx context.Context, t *token.Token) (*token.Token, erro
 func (c *Client) totpKey() (string, error) {
 	v, err := c.cfg.TOTPSecret.Value()
 	if err != nil {
-		return "", token.Unreadable("totp_secret", err)
+		return "", token.SecretUnreadable("totp_secret", err)
 	}
 	key, err := normaliseSecret(v)
 	if err != nil {

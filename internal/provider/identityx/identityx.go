@@ -164,7 +164,7 @@ func New(cfg Config, hc *http.Client, now func() time.Time) *Client {
 func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, error) {
 	jwt, err := c.cfg.Token.Value()
 	if err != nil {
-		return nil, token.Unreadable("token", err)
+		return nil, token.SecretUnreadable("token", err)
 	}
 	if err := checkJWT(jwt); err != nil {
 		return nil, token.Rejected(ReasonConfigRejected, "", "the configured token "+err.Error())

@@ -295,7 +295,7 @@ const (
 func (c *Client) passwordLogin(ctx context.Context) (*token.Token, error) {
 	password, err := c.cfg.Password.Value()
 	if err != nil {
-		return nil, token.Unreadable("password", err)
+		return nil, token.SecretUnreadable("password", err)
 	}
 	body := struct {
 		Username string            `json:"username"`
@@ -311,7 +311,7 @@ func (c *Client) clientLogin(ctx context.Context, scope string) (*token.Token, e
 	}
 	clientSecret, err := c.cfg.ClientSecret.Value()
 	if err != nil {
-		return nil, token.Unreadable("client_secret", err)
+		return nil, token.SecretUnreadable("client_secret", err)
 	}
 	body := struct {
 		ClientID     string `json:"client_id"`

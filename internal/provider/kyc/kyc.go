@@ -79,7 +79,7 @@ func New(cfg Config, hc *http.Client, now func() time.Time) *Client {
 func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, error) {
 	password, err := c.cfg.Password.Value()
 	if err != nil {
-		return nil, token.Unreadable("password", err)
+		return nil, token.SecretUnreadable("password", err)
 	}
 	form := url.Values{"username": {c.cfg.Username}, "password": {password}, "grant_type": {"password"}}
 	issued := c.now()

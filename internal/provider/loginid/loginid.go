@@ -221,7 +221,7 @@ func (c *Client) current(now time.Time) (*ecdsa.PrivateKey, error) {
 	// again: a fixed secret takes effect at once.
 	v, err := c.secret.Value()
 	if err != nil {
-		return nil, token.Unreadable("private_key", err)
+		return nil, token.SecretUnreadable("private_key", err)
 	}
 	next := &loadedKey{value: k.value, key: k.key, recheck: now.Add(KeyRecheck)}
 	if v != k.value {
