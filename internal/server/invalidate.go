@@ -24,7 +24,7 @@ func (s *Server) InvalidateToken(ctx context.Context, req *tokenvendv1.Invalidat
 	caller, _ := auth.CallerFrom(ctx)
 	r := broker.Request{Provider: req.GetProvider(), Scope: req.GetScope(), Subject: req.GetSubject()}
 	shown := broker.Shown(r)
-	result, scope, err := s.invalidate(ctx, caller, r, shown.Scope, req.GetAccessToken())
+	result, scope, err := s.state.Load().invalidate(ctx, caller, r, shown.Scope, req.GetAccessToken())
 	code := codes.OK
 	var st error
 	if err != nil {
@@ -40,7 +40,7 @@ func (s *Server) InvalidateToken(ctx context.Context, req *tokenvendv1.Invalidat
 	return &tokenvendv1.InvalidateTokenResponse{Invalidated: result == token.Invalidated}, nil
 }
 
-func (s *Server) invalidate(ctx context.Context, caller string, r broker.Request, shownScope, accessToken string) (token.Invalidation, string, error) {
+func (s *state) invalidate(ctx context.Context, caller string, r broker.Request, shownScope, accessToken string) (token.Invalidation, string, error) {
 	if err := s.identified(caller); err != nil {
 		return "", shownScope, err
 	}
@@ -76,7 +76,7 @@ func (s *Server) auditInvalidation(ctx context.Context, caller string, r broker.
 // known returns provider when it is configured, else "": a caller's typo
 // must not mint a new metric series.
 func (s *Server) known(provider string) string {
-	if _, ok := s.requests.ok[provider]; ok {
+	if _, ok := s.state.Load().providers[provider]; ok {
 		return provider
 	}
 	return ""

@@ -31,31 +31,47 @@ import (
 // Server is the TokenService.
 type Server struct {
 	tokenvendv1.UnimplementedTokenServiceServer
-	broker   *broker.Broker
-	policy   *auth.Policy
+	// state is what a config reload replaces (Swap); each call reads it
+	// once, so it sees one config throughout.
+	state    atomic.Pointer[state]
+	swapMu   sync.Mutex
 	log      *slog.Logger
 	requests *requestCounts
-	fps      map[string]*atomic.Pointer[fpMemo]
 
 	invalidations invalidationCounts
 }
 
-// requestCounts count GetToken requests by provider and gRPC code, read
-// by the metrics callback: a successful GetToken is the hot path, and an
-// atomic add is all it pays.
+// state is one config's broker and policy, and the counters of its
+// providers. It is never modified once stored.
+type state struct {
+	broker    *broker.Broker
+	policy    *auth.Policy
+	providers map[string]*providerStats
+}
+
+// providerStats are a configured provider's GetToken count, read by the
+// metrics callback (a successful GetToken is the hot path, and an atomic
+// add is all it pays), and the fingerprint of its last token. A provider
+// that stays configured across a reload keeps its own.
+type providerStats struct {
+	ok     atomic.Int64
+	okAttr metric.ObserveOption
+	fp     atomic.Pointer[fpMemo]
+}
+
+// requestCounts count failed GetToken requests by provider and gRPC code.
 type requestCounts struct {
-	ok     map[string]*atomic.Int64 // by provider; fixed at start
-	okAttr map[string]metric.ObserveOption
 	mu     sync.Mutex
 	failed map[[2]string]int64 // by provider and code
 }
 
-func (r *requestCounts) observe(o metric.Observer, requests metric.Int64Observable) {
-	for p, n := range r.ok {
-		if v := n.Load(); v > 0 {
-			o.ObserveInt64(requests, v, r.okAttr[p])
+func (s *Server) observe(o metric.Observer, requests metric.Int64Observable) {
+	for _, p := range s.state.Load().providers {
+		if v := p.ok.Load(); v > 0 {
+			o.ObserveInt64(requests, v, p.okAttr)
 		}
 	}
+	r := s.requests
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k, v := range r.failed {
@@ -65,21 +81,15 @@ func (r *requestCounts) observe(o metric.Observer, requests metric.Int64Observab
 
 // New returns a Server answering from b to the callers policy allows.
 func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, meter metric.Meter) (*Server, error) {
-	counts := &requestCounts{ok: map[string]*atomic.Int64{}, okAttr: map[string]metric.ObserveOption{}, failed: map[[2]string]int64{}}
-	s := &Server{broker: b, policy: policy, log: log, requests: counts, fps: map[string]*atomic.Pointer[fpMemo]{}}
-	for _, p := range b.Providers() {
-		s.fps[p.Name] = &atomic.Pointer[fpMemo]{}
-		counts.ok[p.Name] = &atomic.Int64{}
-		counts.okAttr[p.Name] = metric.WithAttributeSet(attribute.NewSet(
-			attribute.String("provider", p.Name), attribute.String("code", codes.OK.String())))
-	}
+	s := &Server{log: log, requests: &requestCounts{failed: map[[2]string]int64{}}}
+	s.state.Store(newState(b, policy, nil))
 	requests, err := meter.Int64ObservableCounter("tokenvend.requests",
 		metric.WithDescription("GetToken requests, by provider and gRPC code."))
 	if err != nil {
 		return nil, err
 	}
 	if _, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		counts.observe(o, requests)
+		s.observe(o, requests)
 		return nil
 	}, requests); err != nil {
 		return nil, err
@@ -103,20 +113,21 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 		span.SetAttributes(attribute.String("tokenvend.provider", shown.Provider))
 	}
 	caller, _ := auth.CallerFrom(ctx)
-	a, scope, err := s.getToken(ctx, caller, r, shown.Scope, req.GetMinValidFor())
+	cur := s.state.Load()
+	a, scope, err := cur.getToken(ctx, caller, r, shown.Scope, req.GetMinValidFor())
 	code := codes.OK
 	var st error
 	if err != nil {
 		st = toStatus(err, shown.Provider)
 		code = status.Code(st)
 	}
-	s.audit(ctx, span, caller, shown, scope, code, a)
+	s.audit(ctx, span, cur, caller, shown, scope, code, a)
 	if err != nil {
 		s.fail(ctx, req.GetProvider(), code, err)
 		return nil, st
 	}
-	if n := s.requests.ok[req.GetProvider()]; n != nil {
-		n.Add(1)
+	if p := cur.providers[req.GetProvider()]; p != nil {
+		p.ok.Add(1)
 	}
 	t := a.Token
 	resp := &tokenvendv1.GetTokenResponse{
@@ -139,7 +150,7 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 // scope is resolved). An unidentified caller learns nothing, not even
 // whether the provider it names exists; an identified one learns nothing
 // of a provider it has no grant for.
-func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, shownScope string, minValid *durationpb.Duration) (broker.Answer, string, error) {
+func (s *state) getToken(ctx context.Context, caller string, r broker.Request, shownScope string, minValid *durationpb.Duration) (broker.Answer, string, error) {
 	if err := s.identified(caller); err != nil {
 		return broker.Answer{}, shownScope, err
 	}
@@ -161,7 +172,7 @@ func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, 
 // permit checks an identified caller's request: well formed, and covered
 // by a grant (provider, then scope and subject). It returns the effective
 // scope, or shownScope until the request's scope is resolved.
-func (s *Server) permit(caller string, r broker.Request, shownScope string) (string, error) {
+func (s *state) permit(caller string, r broker.Request, shownScope string) (string, error) {
 	if err := broker.Validate(r); err != nil {
 		return shownScope, err
 	}
@@ -183,7 +194,7 @@ const (
 )
 
 // identified checks that the policy knows who is asking, when it must.
-func (s *Server) identified(caller string) error {
+func (s *state) identified(caller string) error {
 	if s.policy.Enforced() && caller == "" {
 		return &token.Error{Kind: token.KindUnauthenticated, Reason: ReasonCallerUnidentified,
 			Message: "the caller is not identified: present a client certificate signed by the configured CA, or an API key in x-api-key"}
@@ -201,7 +212,7 @@ func notAllowed(caller string) error {
 
 // authorize checks an identified caller's grants for the scope and the
 // subject of a request to a provider it has a grant for.
-func (s *Server) authorize(caller, provider, scope string, isDefault bool, subject string) error {
+func (s *state) authorize(caller, provider, scope string, isDefault bool, subject string) error {
 	switch s.policy.Decide(caller, provider, scope, isDefault, subject) {
 	case auth.Allow:
 		return nil
@@ -219,7 +230,7 @@ func (s *Server) authorize(caller, provider, scope string, isDefault bool, subje
 // audit writes the one audit line of a GetToken, and the same as a span
 // event: who asked for what, the outcome, and a fingerprint of the token
 // (never the token).
-func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r broker.Request, scope string, code codes.Code, a broker.Answer) {
+func (s *Server) audit(ctx context.Context, span trace.Span, st *state, caller string, r broker.Request, scope string, code codes.Code, a broker.Answer) {
 	result := "none"
 	switch {
 	case a.SingleUse && a.Token != nil:
@@ -229,7 +240,7 @@ func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r br
 	}
 	var fp, traceID string
 	if a.Token != nil {
-		fp = s.fingerprint(r.Provider, a.Token.AccessToken)
+		fp = st.fingerprint(r.Provider, a.Token.AccessToken)
 	}
 	if sc := span.SpanContext(); sc.HasTraceID() {
 		traceID = sc.TraceID().String()
@@ -261,11 +272,12 @@ func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r br
 
 // fingerprint is Fingerprint, remembered per provider for the token it was
 // last computed for: a cached token is fingerprinted once, not per call.
-func (s *Server) fingerprint(provider, tok string) string {
-	memo := s.fps[provider]
-	if memo == nil {
+func (s *state) fingerprint(provider, tok string) string {
+	p := s.providers[provider]
+	if p == nil {
 		return Fingerprint(tok)
 	}
+	memo := &p.fp
 	if m := memo.Load(); m != nil && m.token == tok {
 		return m.sum
 	}
@@ -286,9 +298,7 @@ func Fingerprint(tok string) string {
 // fail counts a failed GetToken, and logs the cause of an internal one
 // (which the caller is not told).
 func (s *Server) fail(ctx context.Context, provider string, code codes.Code, err error) {
-	if _, known := s.requests.ok[provider]; !known {
-		provider = "" // a caller's typo must not mint a new metric series
-	}
+	provider = s.known(provider) // a caller's typo must not mint a new metric series
 	s.requests.mu.Lock()
 	s.requests.failed[[2]string{provider, code.String()}]++
 	s.requests.mu.Unlock()
@@ -301,18 +311,19 @@ func (s *Server) fail(ctx context.Context, provider string, code codes.Code, err
 // secrets.
 func (s *Server) ListProviders(ctx context.Context, _ *tokenvendv1.ListProvidersRequest) (*tokenvendv1.ListProvidersResponse, error) {
 	caller, _ := auth.CallerFrom(ctx)
-	if err := s.identified(caller); err != nil {
+	cur := s.state.Load()
+	if err := cur.identified(caller); err != nil {
 		return nil, toStatus(err, "")
 	}
 	var resp tokenvendv1.ListProvidersResponse
-	for _, p := range s.broker.Providers() {
+	for _, p := range cur.broker.Providers() {
 		var scopes []string
 		for _, sc := range p.Scopes {
-			if s.policy.Decide(caller, p.Name, sc, sc == p.DefaultScope, "") == auth.Allow {
+			if cur.policy.Decide(caller, p.Name, sc, sc == p.DefaultScope, "") == auth.Allow {
 				scopes = append(scopes, sc)
 			}
 		}
-		if len(scopes) == 0 && s.policy.Decide(caller, p.Name, p.DefaultScope, true, "") != auth.Allow {
+		if len(scopes) == 0 && cur.policy.Decide(caller, p.Name, p.DefaultScope, true, "") != auth.Allow {
 			continue
 		}
 		resp.Providers = append(resp.Providers, &tokenvendv1.Provider{
