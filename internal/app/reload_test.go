@@ -3,9 +3,13 @@ package app_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +18,7 @@ import (
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/config"
+	"github.com/tokenvend/tokenvend/internal/provider/identityx/identityxsim"
 	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
 )
 
@@ -408,4 +413,108 @@ func TestReloadKeepsListeners(t *testing.T) {
 		t.Errorf("gRPC address: got %s, want %s", got, grpcAddr)
 	}
 	works(t, urlB, s.mustGet("b")) // over the old connection, to the old address
+}
+
+// TestReloadKeptProviders: a provider marked Keep (IdentityX) that a
+// reload adds gets its start-up check with no caller asking, and one that
+// stays keeps its checked token: the Keep loops restarted by the reload
+// cost it no query.
+func TestReloadKeptProviders(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	sim, endpoint := identityxSim(t, clk)
+	idx := identityxProvider("idx", endpoint, "org_user", sim.IssueOrgUserToken(identityxsim.DefaultOrgUserEmail), "check_interval: 1h")
+	s := startService(t, clk, "providers:"+idx)
+	eventually(t, "the start-up check", func() bool { return s.hasValidCredential("idx") })
+
+	added := identityxProvider("idx2", endpoint, "org_user", sim.IssueOrgUserToken(identityxsim.DefaultOrgUserEmail), "check_interval: 1h")
+	s.mustReload("providers:" + idx + added)
+	eventually(t, "the added provider's start-up check", func() bool { return s.hasValidCredential("idx2") })
+	if got := sim.Queries(); got != 2 {
+		t.Errorf("upstream queries: got %d, want 2 (one start-up check each)", got)
+	}
+	if !s.hasValidCredential("idx") {
+		t.Error("the unchanged provider lost its checked token")
+	}
+}
+
+// TestReloadUnderLoad: callers over gRPC and REST, on connections kept
+// open, get their tokens throughout a run of reloads that add and remove
+// another provider: no call fails, and the provider that stays logs in
+// once.
+func TestReloadUnderLoad(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	sim, url := kycSim(t, clk)
+	_, urlB := kycSim(t, clk)
+	base := "providers:" + kycProvider("kyc", url, kycPassword)
+	s := startService(t, clk, base)
+	tok := s.mustGet("kyc").GetAccessToken()
+
+	stop := make(chan struct{})
+	errs := make(chan error, 100)
+	var calls atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			client := &http.Client{Transport: &http.Transport{}}
+			defer client.CloseIdleConnections()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var got string
+				if i%2 == 0 {
+					resp, err := s.get(&tokenvendv1.GetTokenRequest{Provider: "kyc"})
+					if err != nil {
+						errs <- err
+						return
+					}
+					got = resp.GetAccessToken()
+				} else {
+					resp, err := client.Get(s.base + "/v1/providers/kyc/token")
+					if err != nil {
+						errs <- err
+						return
+					}
+					var body struct {
+						AccessToken string `json:"access_token"`
+					}
+					err = json.NewDecoder(resp.Body).Decode(&body)
+					resp.Body.Close()
+					if err != nil || resp.StatusCode != http.StatusOK {
+						errs <- fmt.Errorf("REST: %d %v", resp.StatusCode, err)
+						return
+					}
+					got = body.AccessToken
+				}
+				if got != tok {
+					errs <- errors.New("got another token than the cached one")
+					return
+				}
+				calls.Add(1)
+			}
+		})
+	}
+	for i := range 20 {
+		yaml := base
+		if i%2 == 0 {
+			yaml += kycProvider("b", urlB, kycPassword)
+		}
+		s.mustReload(yaml)
+		// Calls answered under each config, not only between reloads.
+		n := calls.Load()
+		eventually(t, "calls under the new config", func() bool { return calls.Load() >= n+8 || len(errs) > 0 })
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a call during the reloads: %v", err)
+	}
+	if got := sim.Logins(); got != 1 {
+		t.Errorf("logins: got %d, want 1", got)
+	}
 }
