@@ -168,7 +168,7 @@ func (a *App) keepListeners(running, next *config.Config) *config.Config {
 		{"server.http_addr", r.HTTPAddr, s.HTTPAddr, func() { s.HTTPAddr = r.HTTPAddr }},
 		{"server.tls", r.TLS, s.TLS, func() { s.TLS = r.TLS }},
 	} {
-		if f.now != f.want {
+		if !reflect.DeepEqual(f.now, f.want) {
 			a.log.Warn("config reload: "+f.key+" changed; only a restart applies it, the running value stays",
 				"setting", f.key, "running", fmt.Sprint(f.now), "config", fmt.Sprint(f.want))
 			f.keep()
