@@ -67,6 +67,9 @@ func Check(cfg *config.Config) error {
 
 // App is a configured service, listening but not yet serving.
 type App struct {
+	// cfg is the config the service started with, whose listeners it
+	// serves; gen holds the config in force.
+	cfg      *config.Config
 	log      *slog.Logger
 	now      func() time.Time
 	tel      *telemetry.Telemetry
@@ -82,6 +85,7 @@ type App struct {
 	gen       atomic.Pointer[generation]
 	srv       *server.Server
 	gw        http.Handler
+	mux       *http.ServeMux
 	deps      deps
 	cacheBase token.Options // cacheOptions adds the config's cache section
 	keeper    keeper
@@ -102,7 +106,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	}
 	// a is not the named result: every failure returns nil, and the
 	// deferred close must still see what was acquired.
-	a := &App{log: o.Log, now: o.Now, drainOpt: o.DrainDelay}
+	a := &App{cfg: cfg, log: o.Log, now: o.Now, drainOpt: o.DrainDelay}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -201,7 +205,6 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	if a.gw, err = newGateway(ctx, a.srv); err != nil {
 		return nil, err
 	}
-	a.gen.Store(a.newGeneration(cfg, b, policy))
 	// The header timeout cuts a client that dribbles its headers (or its
 	// TLS handshake), ReadTimeout one that dribbles its body (a few hundred
 	// bytes): net/http lifts the read deadline once the body is read, so a
@@ -219,6 +222,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
 	}
+	a.gen.Store(a.newGeneration(cfg, b, policy))
 
 	if a.grpcLn, err = net.Listen("tcp", cfg.Server.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("server.grpc_addr: %w", err)

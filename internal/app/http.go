@@ -139,7 +139,9 @@ func (a *App) httpHandler(gw http.Handler) http.Handler {
 		_, _ = w.Write(tokenvend.OpenAPI)
 	})
 	mux.Handle("GET /metrics", a.tel.Metrics)
-	return a.closeWhenStopping(a.checkHost(mux))
+	// The Host check is the config in force's (see generation.hosts).
+	a.mux = mux
+	return a.closeWhenStopping(http.HandlerFunc(a.serveHosts))
 }
 
 // noStore keeps every REST answer out of caches, as RFC 6749 §5.1 asks of
@@ -155,16 +157,14 @@ func noStore(next http.Handler) http.Handler {
 }
 
 // checkHost answers only requests whose Host is an IP address, localhost or
-// one of server.allowed_hosts, when no callers are configured. Without callers, whoever reaches the port gets tokens, and
+// one of allowed. Without callers, whoever reaches the port gets tokens, and
 // a web page can reach a loopback port by having its own name resolve to
 // 127.0.0.1 (DNS rebinding); its requests then carry the page's name as
 // Host. The whole port is guarded, not just /v1/: probes and scrapes
-// address a pod by IP, and /metrics names the providers. It follows the
-// config in force, which a reload may give callers, or take them from.
-func (a *App) checkHost(next http.Handler) http.Handler {
+// address a pod by IP, and /metrics names the providers.
+func checkHost(allowed []string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		cfg := a.gen.Load().cfg
-		if cfg.Callers == nil && !hostAllowed(r.Host, cfg.Server.AllowedHosts) {
+		if !hostAllowed(r.Host, allowed) {
 			writeText(w, http.StatusForbidden, "tokenvend: this Host is not allowed: without callers, the HTTP port answers "+
 				"only an IP address, localhost, or a name listed in server.allowed_hosts\n")
 			return

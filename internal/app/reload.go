@@ -31,10 +31,18 @@ type generation struct {
 	// grpcAuth and restAuth identify callers by policy.
 	grpcAuth grpc.UnaryServerInterceptor
 	restAuth http.Handler
+	// hosts is the HTTP port's handler behind the Host check, which
+	// applies without callers only (see checkHost).
+	hosts http.Handler
 }
 
+// newGeneration builds the generation of cfg; a.gw and a.mux must be set.
 func (a *App) newGeneration(cfg *config.Config, b *broker.Broker, policy *auth.Policy) *generation {
-	return &generation{cfg: cfg, broker: b, policy: policy, grpcAuth: policy.Interceptor(), restAuth: policy.HTTP(a.gw)}
+	g := &generation{cfg: cfg, broker: b, policy: policy, grpcAuth: policy.Interceptor(), restAuth: policy.HTTP(a.gw), hosts: a.mux}
+	if cfg.Callers == nil {
+		g.hosts = checkHost(cfg.Server.AllowedHosts, a.mux)
+	}
+	return g
 }
 
 // newPolicy is the caller policy of cfg.
@@ -49,6 +57,11 @@ func (a *App) identify(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 // the request to the gateway.
 func (a *App) identifyREST(w http.ResponseWriter, r *http.Request) {
 	a.gen.Load().restAuth.ServeHTTP(w, r)
+}
+
+// serveHosts serves the HTTP port under the Host check in force.
+func (a *App) serveHosts(w http.ResponseWriter, r *http.Request) {
+	a.gen.Load().hosts.ServeHTTP(w, r)
 }
 
 // Reload reads the config again with load and applies it without a
