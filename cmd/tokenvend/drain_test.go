@@ -20,12 +20,12 @@ import (
 	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
 )
 
-// startBinary runs `tokenvend serve --config cfg` as a child process and
+// startBinary runs `tokenvend serve --config cfg [flags]` as a child process and
 // returns it with its HTTP address, read from its "tokenvend serving" log
 // line. Its log goes on to logs.
-func startBinary(t *testing.T, cfg string, logs io.Writer) (*exec.Cmd, string) {
+func startBinary(t *testing.T, cfg string, logs io.Writer, flags ...string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "serve", "--config", cfg)
+	cmd := exec.Command(os.Args[0], append([]string{"serve", "--config", cfg}, flags...)...)
 	cmd.Env = append(os.Environ(), runMainEnv+"=1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

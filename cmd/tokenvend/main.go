@@ -21,7 +21,9 @@ import (
 )
 
 const usage = `usage:
-  tokenvend serve --config FILE      run the service
+  tokenvend serve --config FILE [--watch-config]
+                                     run the service; SIGHUP (or, with --watch-config,
+                                     a change of the file) reloads the config
   tokenvend check --config FILE      validate a config; exit non-zero naming every bad field
   tokenvend demo [--grpc-addr A] [--http-addr A] [--token-lifetime D]
                                      run the service against built-in simulators
@@ -63,14 +65,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "serve":
 		path := fs.String("config", "", "the config file")
+		watch := fs.Bool("watch-config", false, "reload the config when the file's content changes (it is read every second)")
 		if err := parse(fs, args[1:], true); err != nil {
 			return err
 		}
+		r := newReloader(*path, *watch)
+		defer r.stop()
 		cfg, err := loadChecked(*path)
 		if err != nil {
 			return err
 		}
-		return serve(ctx, cfg, log, stderr)
+		return serve(ctx, cfg, log, stderr, r)
 	case "check":
 		path := fs.String("config", "", "the config file")
 		if err := parse(fs, args[1:], true); err != nil {
@@ -99,7 +104,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for provider, url := range d.Upstreams {
 			log.Info("demo upstream", "provider", provider, "protected_endpoint", url)
 		}
-		return serve(ctx, d.Config, log, stderr)
+		return serve(ctx, d.Config, log, stderr, nil)
 	case "identityx":
 		return identityxCommand(ctx, args[1:], stdout, stderr)
 	case "get":
@@ -143,14 +148,20 @@ func loadChecked(path string) (*config.Config, error) {
 	return cfg, nil
 }
 
-// serve runs the service. The audit lines share stderr with the log: every
+// serve runs the service, reloading its config with r (if not nil). The audit lines share stderr with the log: every
 // log line and every batch of audit lines is one Write call, and an
 // *os.File holds its write lock for the whole of a Write, so lines never
 // interleave.
-func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.Writer) error {
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.Writer, r *reloader) error {
 	a, err := app.New(ctx, cfg, app.Options{Log: log, Audit: stderr})
 	if err != nil {
 		return err
+	}
+	if r != nil {
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { r.run(rctx, a, log); close(done) }()
+		defer func() { stop(); <-done }()
 	}
 	return a.Serve(ctx)
 }

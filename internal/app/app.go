@@ -33,7 +33,6 @@ import (
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/audit"
-	"github.com/tokenvend/tokenvend/internal/auth"
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/server"
@@ -76,8 +75,11 @@ func Check(cfg *config.Config) error {
 
 // App is a configured service, listening but not yet serving.
 type App struct {
+	// cfg is the config the service started with, whose listeners it
+	// serves; gen holds the config in force.
 	cfg      *config.Config
 	log      *slog.Logger
+	now      func() time.Time
 	tel      *telemetry.Telemetry
 	grpcLn   net.Listener
 	httpLn   net.Listener
@@ -85,9 +87,18 @@ type App struct {
 	httpSrv  *http.Server
 	proxy    *proxyPort // nil unless server.proxy_addr is set
 	health   *health.Server
-	broker   *broker.Broker
-	drain    time.Duration
+	drainOpt time.Duration // Options.DrainDelay
 	stopping atomic.Bool
+
+	// What a config reload (see Reload) needs, and what it replaces.
+	gen       atomic.Pointer[generation]
+	srv       *server.Server
+	gw        http.Handler
+	mux       *http.ServeMux
+	deps      deps
+	cacheBase token.Options // cacheOptions adds the config's cache section
+	keeper    keeper
+	reloads   reloads
 }
 
 // New builds the service for cfg and binds its listeners, so the addresses
@@ -107,7 +118,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	}
 	// a is not the named result: every failure returns nil, and the
 	// deferred close must still see what was acquired.
-	a := &App{cfg: cfg, log: o.Log, drain: drainDelay(o.DrainDelay, cfg.Server.ShutdownTimeout)}
+	a := &App{cfg: cfg, log: o.Log, now: o.Now, drainOpt: o.DrainDelay}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -133,12 +144,16 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		// requests (Ibanera for a fresh TOTP step).
 		Timeout: cfg.Cache.AttemptTimeout,
 	}
-	providers, err := buildProviders(cfg, deps{http: hc, now: o.Now, sleep: o.Sleep})
+	a.deps = deps{http: hc, now: o.Now, sleep: o.Sleep}
+	providers, err := buildProviders(cfg, a.deps)
 	if err != nil {
 		return nil, err
 	}
 	metrics, err := token.NewMetrics(a.tel.Meter.Meter("tokenvend"))
 	if err != nil {
+		return nil, err
+	}
+	if err := a.reloads.register(a.tel.Meter.Meter("tokenvend"), o.Now()); err != nil {
 		return nil, err
 	}
 
@@ -147,26 +162,16 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	for _, p := range providers {
 		a.health.SetServingStatus(p.Name, healthpb.HealthCheckResponse_SERVING)
 	}
-	a.broker = broker.New(providers, token.Options{
-		RefreshBefore:      cfg.Cache.RefreshBefore,
-		MinValid:           cfg.Cache.MinValid,
-		RejectBackoff:      cfg.Cache.RejectBackoff,
-		MaxRejectBackoff:   cfg.Cache.MaxRejectBackoff,
-		LoginTimeout:       cfg.Cache.LoginTimeout,
-		LoginAttempts:      cfg.Cache.LoginAttempts,
-		MinReloginInterval: cfg.Cache.MinReloginInterval,
-		RetryBase:          o.RetryBase,
-		Now:                o.Now,
-		Tracer:             a.tel.Tracer.Tracer("tokenvend"),
-		Metrics:            metrics,
-		Log:                o.Log,
-	}, a.providerHeld)
-	policy := auth.New(cfg.Callers)
-	if cfg.Server.TLSTerminatedByMesh {
-		policy = policy.InMesh()
+	a.cacheBase = token.Options{
+		RetryBase: o.RetryBase,
+		Now:       o.Now,
+		Tracer:    a.tel.Tracer.Tracer("tokenvend"),
+		Metrics:   metrics,
+		Log:       o.Log,
 	}
-	srv, err := server.New(a.broker, policy, o.Log, audit.New(o.Audit), a.tel.Meter.Meter("tokenvend"))
-	if err != nil {
+	b := broker.New(providers, a.cacheOptions(cfg.Cache), a.providerHeld)
+	policy := newPolicy(cfg)
+	if a.srv, err = server.New(b, policy, o.Log, audit.New(o.Audit), a.tel.Meter.Meter("tokenvend")); err != nil {
 		return nil, err
 	}
 	var tlsCfg *tls.Config
@@ -184,7 +189,8 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		grpc.StatsHandler(otelgrpc.NewServerHandler(
 			otelgrpc.WithTracerProvider(a.tel.Tracer), otelgrpc.WithMeterProvider(a.tel.Meter),
 			otelgrpc.WithPropagators(a.tel.Propagators))),
-		grpc.UnaryInterceptor(policy.Interceptor()),
+		// Callers are identified by the policy of the config in force.
+		grpc.UnaryInterceptor(a.identify),
 		// Calls run on a pool of long-lived goroutines whose stacks have
 		// already grown to what a GetToken needs. A fresh goroutine per call
 		// (gRPC's default, and its fallback when every worker is busy) starts
@@ -213,12 +219,11 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
 	}
 	a.grpcSrv = grpc.NewServer(opts...)
-	tokenvendv1.RegisterTokenServiceServer(a.grpcSrv, srv)
+	tokenvendv1.RegisterTokenServiceServer(a.grpcSrv, a.srv)
 	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
 	reflection.Register(a.grpcSrv)
 
-	gw, err := newGateway(ctx, srv)
-	if err != nil {
+	if a.gw, err = newGateway(ctx, a.srv); err != nil {
 		return nil, err
 	}
 	// The header timeout cuts a client that dribbles its headers (or its
@@ -230,7 +235,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	// a shared login (cache.login_timeout) and then a wait for a fresh TOTP
 	// step (Ibanera, up to 30s).
 	a.httpSrv = &http.Server{
-		Handler:           a.httpHandler(policy.HTTP(gw)),
+		Handler:           a.httpHandler(http.HandlerFunc(a.identifyREST)),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      cfg.Cache.LoginTimeout + time.Minute,
@@ -238,6 +243,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
 	}
+	a.gen.Store(a.newGeneration(cfg, b, policy))
 
 	if a.grpcLn, err = net.Listen("tcp", cfg.Server.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("server.grpc_addr: %w", err)
@@ -249,7 +255,9 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		a.httpLn = tls.NewListener(a.httpLn, tlsCfg)
 	}
 	if cfg.Server.ProxyAddr != "" {
-		if a.proxy, err = a.newProxyPort(srv, policy, o.Log, tlsCfg); err != nil {
+		// Proxy mode keeps the start config's callers and proxy blocks
+		// until a restart.
+		if a.proxy, err = a.newProxyPort(a.srv, policy, o.Log, tlsCfg); err != nil {
 			return nil, err
 		}
 	}
@@ -263,6 +271,24 @@ const (
 	// traceparent are well under 1 KiB.
 	maxHeaderBytes = 64 << 10
 )
+
+// cacheOptions are the options of the caches built for the cache section c.
+func (a *App) cacheOptions(c config.Cache) token.Options {
+	o := a.cacheBase
+	o.RefreshBefore = c.RefreshBefore
+	o.MinValid = c.MinValid
+	o.RejectBackoff = c.RejectBackoff
+	o.MaxRejectBackoff = c.MaxRejectBackoff
+	o.LoginTimeout = c.LoginTimeout
+	o.LoginAttempts = c.LoginAttempts
+	o.MinReloginInterval = c.MinReloginInterval
+	return o
+}
+
+// drain is the drain delay under the config in force.
+func (a *App) drain() time.Duration {
+	return drainDelay(a.drainOpt, a.gen.Load().cfg.Server.ShutdownTimeout)
+}
 
 // drainDelay is how long shutdown keeps serving before it stops
 // accepting: o if set (negative: none), else a third of the shutdown
@@ -289,9 +315,7 @@ func (a *App) providerHeld(provider string, held bool) {
 	if held {
 		st = healthpb.HealthCheckResponse_NOT_SERVING
 	}
-	if !a.stopping.Load() {
-		a.health.SetServingStatus(provider, st)
-	}
+	a.setHealth(provider, st)
 }
 
 // Serve serves until ctx ends, then stops gracefully: readiness turns 503
@@ -310,11 +334,10 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	// Providers marked Keep log in now and are checked periodically, so a
 	// revoked credential shows in health without waiting for a caller.
-	kctx, stopKeeping := context.WithCancel(ctx)
-	kept := make(chan struct{})
-	go func() { a.broker.Keep(kctx); close(kept) }()
+	// A reload restarts it for the providers then configured.
+	a.keeper.start(ctx, func() *broker.Broker { return a.gen.Load().broker })
 	a.log.InfoContext(ctx, "tokenvend serving", "grpc_addr", a.GRPCAddr(), "http_addr", a.HTTPAddr(),
-		"proxy_addr", a.ProxyAddr(), "providers", len(a.cfg.Providers))
+		"proxy_addr", a.ProxyAddr(), "providers", len(a.gen.Load().cfg.Providers))
 
 	var err error
 	select {
@@ -322,17 +345,18 @@ func (a *App) Serve(ctx context.Context) error {
 	case err = <-errc:
 		err = fmt.Errorf("server stopped: %w", err)
 	}
-	a.log.Info("tokenvend stopping", "drain", a.drain.String())
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.Server.ShutdownTimeout)
+	// The config in force now: a reload may have changed the timeout.
+	drain := a.drain()
+	a.log.Info("tokenvend stopping", "drain", drain.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.gen.Load().cfg.Server.ShutdownTimeout)
 	defer cancel()
 	a.stopping.Store(true)
-	stopKeeping()
-	<-kept
+	a.keeper.stop()
 	a.health.Shutdown()
 	if err == nil {
 		// Not when a server failed: the service is exiting on an error,
 		// not handing its callers over.
-		_ = sleep(sctx, a.drain)
+		_ = sleep(sctx, drain)
 	}
 
 	// The ports stop at once: none keeps taking new calls while another

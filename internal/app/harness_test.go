@@ -60,13 +60,18 @@ type service struct {
 	logs   *syncBuffer
 	spans  *tracetest.InMemoryExporter
 	stop   func() error
+	app    *app.App
 }
+
+// testServer is the server section startService adds: both ports on
+// 127.0.0.1:0.
+const testServer = "server:\n  grpc_addr: 127.0.0.1:0\n  http_addr: 127.0.0.1:0\n"
 
 // startService runs the service for the config yaml (the server section
 // is added: both ports on 127.0.0.1:0) until the test ends.
 func startService(t *testing.T, clk *clocktest.Clock, yaml string) *service {
 	t.Helper()
-	cfg, err := config.Parse([]byte("server:\n  grpc_addr: 127.0.0.1:0\n  http_addr: 127.0.0.1:0\n" + yaml))
+	cfg, err := config.Parse([]byte(testServer + yaml))
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
@@ -117,6 +122,7 @@ func startApp(t *testing.T, clk *clocktest.Clock, cfg *config.Config) (s *servic
 		cancel()
 		t.Fatalf("app.New: %v", err)
 	}
+	s.app = a
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx) }()
 	var once sync.Once

@@ -139,11 +139,9 @@ func (a *App) httpHandler(gw http.Handler) http.Handler {
 		_, _ = w.Write(tokenvend.OpenAPI)
 	})
 	mux.Handle("GET /metrics", a.tel.Metrics)
-	var h http.Handler = mux
-	if a.cfg.Callers == nil {
-		h = checkHost(a.cfg.Server.AllowedHosts, h)
-	}
-	return a.closeWhenStopping(h)
+	// The Host check is the config in force's (see generation.hosts).
+	a.mux = mux
+	return a.closeWhenStopping(http.HandlerFunc(a.serveHosts))
 }
 
 // noStore keeps every REST answer out of caches, as RFC 6749 §5.1 asks of

@@ -43,7 +43,7 @@ providers:
 	if s.MaxHeaderBytes <= 0 || s.MaxHeaderBytes > 1<<20 {
 		t.Errorf("MaxHeaderBytes: got %d, want a bound below net/http's default of 1 MiB", s.MaxHeaderBytes)
 	}
-	if got := a.drain; got != 5*time.Second {
+	if got := a.drain(); got != 5*time.Second {
 		t.Errorf("drain with the default shutdown_timeout (15s): got %v, want 5s", got)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokenvend/tokenvend/internal/token"
@@ -90,6 +91,9 @@ type Broker struct {
 type provider struct {
 	Provider
 	cache *token.Cache // nil for single-use providers
+	// retired is set once a reload no longer serves this provider (see
+	// Next): its cache's holds then no longer speak for the name.
+	retired atomic.Bool
 }
 
 // New builds a Broker. Each cacheable provider gets a token.Cache with
@@ -101,20 +105,33 @@ func New(ps []Provider, o token.Options, onHold func(provider string, held bool)
 		b.log = slog.New(slog.DiscardHandler)
 	}
 	for _, p := range ps {
-		bp := &provider{Provider: p}
-		if !p.SingleUse {
-			co := o
-			co.Provider, co.Kind = p.Name, p.Kind
-			if onHold != nil {
-				name := p.Name
-				co.OnHold = func(held bool) { onHold(name, held) }
-			}
-			bp.cache = token.NewCache(p.Source, co)
-		}
-		b.byName[p.Name] = bp
-		b.list = append(b.list, bp)
+		b.add(newProvider(p, o, onHold))
 	}
 	return b
+}
+
+// newProvider builds p with its cache, unless p is single-use.
+func newProvider(p Provider, o token.Options, onHold func(provider string, held bool)) *provider {
+	bp := &provider{Provider: p}
+	if !p.SingleUse {
+		co := o
+		co.Provider, co.Kind = p.Name, p.Kind
+		if onHold != nil {
+			name := p.Name
+			co.OnHold = func(held bool) {
+				if !bp.retired.Load() {
+					onHold(name, held)
+				}
+			}
+		}
+		bp.cache = token.NewCache(p.Source, co)
+	}
+	return bp
+}
+
+func (b *Broker) add(p *provider) {
+	b.byName[p.Name] = p
+	b.list = append(b.list, p)
 }
 
 // Keep keeps the token of every provider marked Keep (see Provider.Keep)

@@ -33,7 +33,7 @@ func (s *Server) InvalidateToken(ctx context.Context, req *tokenvendv1.Invalidat
 // alike. Its error is the domain's (toStatus makes it a gRPC status).
 func (s *Server) report(ctx context.Context, caller string, r broker.Request, accessToken string, upstreamStatus int) (token.Invalidation, error) {
 	shown := broker.Shown(r)
-	result, scope, err := s.invalidate(ctx, caller, r, shown.Scope, accessToken)
+	result, scope, err := s.state.Load().invalidate(ctx, caller, r, shown.Scope, accessToken)
 	if err != nil {
 		result = token.Invalidation("error")
 	}
@@ -42,7 +42,7 @@ func (s *Server) report(ctx context.Context, caller string, r broker.Request, ac
 	return result, err
 }
 
-func (s *Server) invalidate(ctx context.Context, caller string, r broker.Request, shownScope, accessToken string) (token.Invalidation, string, error) {
+func (s *state) invalidate(ctx context.Context, caller string, r broker.Request, shownScope, accessToken string) (token.Invalidation, string, error) {
 	if err := s.identified(caller); err != nil {
 		return "", shownScope, err
 	}
@@ -78,7 +78,7 @@ func (s *Server) auditInvalidation(ctx context.Context, caller string, r broker.
 // known returns provider when it is configured, else "": a caller's typo
 // must not mint a new metric series.
 func (s *Server) known(provider string) string {
-	if _, ok := s.requests.ok[provider]; ok {
+	if _, ok := s.state.Load().providers[provider]; ok {
 		return provider
 	}
 	return ""

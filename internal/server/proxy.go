@@ -24,7 +24,7 @@ func (v vendor) Vend(ctx context.Context, caller string, r proxy.Request) (proxy
 		Headers:     a.Token.Headers,
 		AccessToken: a.Token.AccessToken,
 		Scope:       scope,
-		Fingerprint: v.s.fingerprint(r.Provider, a.Token.AccessToken),
+		Fingerprint: v.s.state.Load().fingerprint(r.Provider, a.Token.AccessToken),
 	}, nil
 }
 

@@ -31,32 +31,48 @@ import (
 // Server is the TokenService.
 type Server struct {
 	tokenvendv1.UnimplementedTokenServiceServer
-	broker   *broker.Broker
-	policy   *auth.Policy
+	// state is what a config reload replaces (Swap); each call reads it
+	// once, so it sees one config throughout.
+	state    atomic.Pointer[state]
+	swapMu   sync.Mutex
 	log      *slog.Logger
 	auditLog *audit.Writer
 	requests *requestCounts
-	fps      map[string]*atomic.Pointer[fpMemo]
 
 	invalidations invalidationCounts
 }
 
-// requestCounts count GetToken requests by provider and gRPC code, read
-// by the metrics callback: a successful GetToken is the hot path, and an
-// atomic add is all it pays.
+// state is one config's broker and policy, and the counters of its
+// providers. It is never modified once stored.
+type state struct {
+	broker    *broker.Broker
+	policy    *auth.Policy
+	providers map[string]*providerStats
+}
+
+// providerStats are a configured provider's GetToken count, read by the
+// metrics callback (a successful GetToken is the hot path, and an atomic
+// add is all it pays), and the fingerprint of its last token. A provider
+// that stays configured across a reload keeps its own.
+type providerStats struct {
+	ok     atomic.Int64
+	okAttr metric.ObserveOption
+	fp     atomic.Pointer[fpMemo]
+}
+
+// requestCounts count failed GetToken requests by provider and gRPC code.
 type requestCounts struct {
-	ok     map[string]*atomic.Int64 // by provider; fixed at start
-	okAttr map[string]metric.ObserveOption
 	mu     sync.Mutex
 	failed map[[2]string]int64 // by provider and code
 }
 
-func (r *requestCounts) observe(o metric.Observer, requests metric.Int64Observable) {
-	for p, n := range r.ok {
-		if v := n.Load(); v > 0 {
-			o.ObserveInt64(requests, v, r.okAttr[p])
+func (s *Server) observe(o metric.Observer, requests metric.Int64Observable) {
+	for _, p := range s.state.Load().providers {
+		if v := p.ok.Load(); v > 0 {
+			o.ObserveInt64(requests, v, p.okAttr)
 		}
 	}
+	r := s.requests
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k, v := range r.failed {
@@ -67,21 +83,15 @@ func (r *requestCounts) observe(o metric.Observer, requests metric.Int64Observab
 // New returns a Server answering from b to the callers policy allows. The
 // audit lines go to auditLog, every other line to log.
 func New(b *broker.Broker, policy *auth.Policy, log *slog.Logger, auditLog *audit.Writer, meter metric.Meter) (*Server, error) {
-	counts := &requestCounts{ok: map[string]*atomic.Int64{}, okAttr: map[string]metric.ObserveOption{}, failed: map[[2]string]int64{}}
-	s := &Server{broker: b, policy: policy, log: log, auditLog: auditLog, requests: counts, fps: map[string]*atomic.Pointer[fpMemo]{}}
-	for _, p := range b.Providers() {
-		s.fps[p.Name] = &atomic.Pointer[fpMemo]{}
-		counts.ok[p.Name] = &atomic.Int64{}
-		counts.okAttr[p.Name] = metric.WithAttributeSet(attribute.NewSet(
-			attribute.String("provider", p.Name), attribute.String("code", codes.OK.String())))
-	}
+	s := &Server{log: log, auditLog: auditLog, requests: &requestCounts{failed: map[[2]string]int64{}}}
+	s.state.Store(newState(b, policy, nil))
 	requests, err := meter.Int64ObservableCounter("tokenvend.requests",
 		metric.WithDescription("GetToken requests, by provider and gRPC code."))
 	if err != nil {
 		return nil, err
 	}
 	if _, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		counts.observe(o, requests)
+		s.observe(o, requests)
 		return nil
 	}, requests); err != nil {
 		return nil, err
@@ -130,9 +140,10 @@ func (s *Server) vend(ctx context.Context, caller string, r broker.Request, minV
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("tokenvend.provider", shown.Provider))
 	}
-	a, scope, err := s.getToken(ctx, caller, r, shown.Scope, minValid)
+	cur := s.state.Load()
+	a, scope, err := cur.getToken(ctx, caller, r, shown.Scope, minValid)
 	code := codeOf(err, shown.Provider)
-	if aerr := s.audit(ctx, span, caller, shown, scope, code, a); aerr != nil {
+	if aerr := s.audit(ctx, span, cur, caller, shown, scope, code, a); aerr != nil {
 		// No answer leaves unaudited, a token least of all.
 		err = aerr
 		code = codeOf(err, shown.Provider)
@@ -141,8 +152,8 @@ func (s *Server) vend(ctx context.Context, caller string, r broker.Request, minV
 		s.fail(ctx, r.Provider, code, err)
 		return broker.Answer{}, scope, err
 	}
-	if n := s.requests.ok[r.Provider]; n != nil {
-		n.Add(1)
+	if p := cur.providers[r.Provider]; p != nil {
+		p.ok.Add(1)
 	}
 	return a, scope, nil
 }
@@ -152,7 +163,7 @@ func (s *Server) vend(ctx context.Context, caller string, r broker.Request, minV
 // scope is resolved). An unidentified caller learns nothing, not even
 // whether the provider it names exists; an identified one learns nothing
 // of a provider it has no grant for.
-func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, shownScope string, minValid *durationpb.Duration) (broker.Answer, string, error) {
+func (s *state) getToken(ctx context.Context, caller string, r broker.Request, shownScope string, minValid *durationpb.Duration) (broker.Answer, string, error) {
 	if err := s.identified(caller); err != nil {
 		return broker.Answer{}, shownScope, err
 	}
@@ -174,7 +185,7 @@ func (s *Server) getToken(ctx context.Context, caller string, r broker.Request, 
 // permit checks an identified caller's request: well formed, and covered
 // by a grant (provider, then scope and subject). It returns the effective
 // scope, or shownScope until the request's scope is resolved.
-func (s *Server) permit(caller string, r broker.Request, shownScope string) (string, error) {
+func (s *state) permit(caller string, r broker.Request, shownScope string) (string, error) {
 	if err := broker.Validate(r); err != nil {
 		return shownScope, err
 	}
@@ -196,7 +207,7 @@ const (
 )
 
 // identified checks that the policy knows who is asking, when it must.
-func (s *Server) identified(caller string) error {
+func (s *state) identified(caller string) error {
 	if s.policy.Enforced() && caller == "" {
 		return &token.Error{Kind: token.KindUnauthenticated, Reason: ReasonCallerUnidentified,
 			Message: "the caller is not identified: present a client certificate signed by the configured CA, or an API key in x-api-key"}
@@ -214,7 +225,7 @@ func notAllowed(caller string) error {
 
 // authorize checks an identified caller's grants for the scope and the
 // subject of a request to a provider it has a grant for.
-func (s *Server) authorize(caller, provider, scope string, isDefault bool, subject string) error {
+func (s *state) authorize(caller, provider, scope string, isDefault bool, subject string) error {
 	switch s.policy.Decide(caller, provider, scope, isDefault, subject) {
 	case auth.Allow:
 		return nil
@@ -238,7 +249,7 @@ const ReasonAuditUnavailable = "AUDIT_UNAVAILABLE"
 // (never the token). It returns once the line is written (in group commit
 // with the lines of concurrent calls), or an error when the audit sink
 // failed.
-func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r broker.Request, scope string, code codes.Code, a broker.Answer) error {
+func (s *Server) audit(ctx context.Context, span trace.Span, st *state, caller string, r broker.Request, scope string, code codes.Code, a broker.Answer) error {
 	result := "none"
 	switch {
 	case a.SingleUse && a.Token != nil:
@@ -248,7 +259,7 @@ func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r br
 	}
 	var fp, traceID string
 	if a.Token != nil {
-		fp = s.fingerprint(r.Provider, a.Token.AccessToken)
+		fp = st.fingerprint(r.Provider, a.Token.AccessToken)
 	}
 	if sc := span.SpanContext(); sc.HasTraceID() {
 		traceID = sc.TraceID().String()
@@ -285,11 +296,12 @@ func (s *Server) audit(ctx context.Context, span trace.Span, caller string, r br
 
 // fingerprint is Fingerprint, remembered per provider for the token it was
 // last computed for: a cached token is fingerprinted once, not per call.
-func (s *Server) fingerprint(provider, tok string) string {
-	memo := s.fps[provider]
-	if memo == nil {
+func (s *state) fingerprint(provider, tok string) string {
+	p := s.providers[provider]
+	if p == nil {
 		return Fingerprint(tok)
 	}
+	memo := &p.fp
 	if m := memo.Load(); m != nil && m.token == tok {
 		return m.sum
 	}
@@ -310,9 +322,7 @@ func Fingerprint(tok string) string {
 // fail counts a failed GetToken, and logs the cause of an internal one
 // (which the caller is not told).
 func (s *Server) fail(ctx context.Context, provider string, code codes.Code, err error) {
-	if _, known := s.requests.ok[provider]; !known {
-		provider = "" // a caller's typo must not mint a new metric series
-	}
+	provider = s.known(provider) // a caller's typo must not mint a new metric series
 	s.requests.mu.Lock()
 	s.requests.failed[[2]string{provider, code.String()}]++
 	s.requests.mu.Unlock()
@@ -325,18 +335,19 @@ func (s *Server) fail(ctx context.Context, provider string, code codes.Code, err
 // secrets.
 func (s *Server) ListProviders(ctx context.Context, _ *tokenvendv1.ListProvidersRequest) (*tokenvendv1.ListProvidersResponse, error) {
 	caller, _ := auth.CallerFrom(ctx)
-	if err := s.identified(caller); err != nil {
+	cur := s.state.Load()
+	if err := cur.identified(caller); err != nil {
 		return nil, toStatus(err, "")
 	}
 	var resp tokenvendv1.ListProvidersResponse
-	for _, p := range s.broker.Providers() {
+	for _, p := range cur.broker.Providers() {
 		var scopes []string
 		for _, sc := range p.Scopes {
-			if s.policy.Decide(caller, p.Name, sc, sc == p.DefaultScope, "") == auth.Allow {
+			if cur.policy.Decide(caller, p.Name, sc, sc == p.DefaultScope, "") == auth.Allow {
 				scopes = append(scopes, sc)
 			}
 		}
-		if len(scopes) == 0 && s.policy.Decide(caller, p.Name, p.DefaultScope, true, "") != auth.Allow {
+		if len(scopes) == 0 && cur.policy.Decide(caller, p.Name, p.DefaultScope, true, "") != auth.Allow {
 			continue
 		}
 		resp.Providers = append(resp.Providers, &tokenvendv1.Provider{
