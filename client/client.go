@@ -89,6 +89,10 @@ type Client struct {
 	flight singleflight.Group
 	mu     sync.Mutex
 	kept   map[Request]*Token
+	// reports counts Invalidate calls: a GetToken that was in flight when
+	// one came answers its callers but is not kept, since its token may be
+	// the one reported.
+	reports uint64
 }
 
 // New returns a client of the tokenvend server at target (for example
@@ -124,8 +128,7 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	if t := c.keptToken(r); t != nil {
 		return t.clone(), nil
 	}
-	key := fmt.Sprintf("%q %q %q %d", r.Provider, r.Scope, r.Subject, r.MinValidFor)
-	ch := c.flight.DoChan(key, func() (any, error) {
+	ch := c.flight.DoChan(flightKey(r), func() (any, error) {
 		// The shared call is not cancelled by the first caller giving up:
 		// the others still wait for it.
 		ctx := context.WithoutCancel(ctx)
@@ -142,6 +145,10 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+func flightKey(r Request) string {
+	return fmt.Sprintf("%q %q %q %d", r.Provider, r.Scope, r.Subject, r.MinValidFor)
 }
 
 func (c *Client) keptToken(r Request) *Token {
@@ -163,6 +170,9 @@ func (c *Client) fetch(ctx context.Context, r Request) (*Token, error) {
 	if r.MinValidFor > 0 {
 		req.MinValidFor = durationpb.New(r.MinValidFor)
 	}
+	c.mu.Lock()
+	reports := c.reports
+	c.mu.Unlock()
 	resp, err := c.api.GetToken(ctx, req)
 	if err != nil {
 		return nil, wrap("GetToken", r.Provider, err)
@@ -176,11 +186,11 @@ func (c *Client) fetch(ctx context.Context, r Request) (*Token, error) {
 	if resp.ExpireTime != nil {
 		t.Expiry = resp.GetExpireTime().AsTime()
 	}
-	if !t.SingleUse {
-		c.mu.Lock()
+	c.mu.Lock()
+	if !t.SingleUse && c.reports == reports {
 		c.kept[r] = t
-		c.mu.Unlock()
 	}
+	c.mu.Unlock()
 	return t, nil
 }
 
@@ -194,17 +204,23 @@ func (c *Client) Invalidate(ctx context.Context, r Request, accessToken string) 
 }
 
 func (c *Client) invalidate(ctx context.Context, r Request, accessToken string, upstreamStatus int) (bool, error) {
+	resp, err := c.api.InvalidateToken(ctx, &tokenvendv1.InvalidateTokenRequest{
+		Provider: r.Provider, Scope: r.Scope, Subject: r.Subject,
+		AccessToken: accessToken, UpstreamStatus: int32(upstreamStatus),
+	})
+	// Whatever the server said, the token is forgotten here, once the
+	// server has had the report: a GetToken in flight until then may
+	// bring it back, so it is not kept, and callers from now on start a
+	// new one.
 	c.mu.Lock()
+	c.reports++
 	for k, t := range c.kept {
 		if k.Provider == r.Provider && k.Scope == r.Scope && k.Subject == r.Subject && t.AccessToken == accessToken {
 			delete(c.kept, k)
 		}
 	}
 	c.mu.Unlock()
-	resp, err := c.api.InvalidateToken(ctx, &tokenvendv1.InvalidateTokenRequest{
-		Provider: r.Provider, Scope: r.Scope, Subject: r.Subject,
-		AccessToken: accessToken, UpstreamStatus: int32(upstreamStatus),
-	})
+	c.flight.Forget(flightKey(r))
 	if err != nil {
 		return false, wrap("InvalidateToken", r.Provider, err)
 	}

@@ -427,3 +427,55 @@ func TestPerRPCCredentials(t *testing.T) {
 		t.Error("a plaintext connection carried credentials that require transport security")
 	}
 }
+
+// TestInvalidateWinsOverAGetTokenInFlight: a GetToken answered with the
+// token being reported, but still on its way back when the report is made,
+// must not be kept afterwards.
+func TestInvalidateWinsOverAGetTokenInFlight(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	var armed atomic.Bool
+	var held sync.WaitGroup
+	slowReply := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if strings.HasSuffix(method, "/GetToken") && armed.Load() {
+			held.Done()
+			<-gate
+		}
+		return err
+	}
+	f := start(t, grpc.WithChainUnaryInterceptor(slowReply))
+	r := client.Request{Provider: "kyc"}
+	armed.Store(true)
+	held.Add(1)
+	first := make(chan *client.Token, 1)
+	go func() {
+		tok, err := f.c.Token(context.Background(), r)
+		if err != nil {
+			t.Error(err)
+		}
+		first <- tok
+	}()
+	held.Wait() // the answer is back from the server, not yet in the client
+	armed.Store(false)
+	code, body := get(t, http.DefaultClient, f.rest+"/v1/providers/kyc/token")
+	old, _, _ := strings.Cut(strings.TrimPrefix(body, `{"access_token":"`), `"`)
+	if code != http.StatusOK || old == "" {
+		t.Fatalf("the server's current token: %d %s", code, body)
+	}
+	f.revoke(old)
+	if ok, err := f.c.Invalidate(context.Background(), r, old); err != nil || !ok {
+		t.Fatalf("Invalidate: %v, %v; want true", ok, err)
+	}
+	close(gate)
+	if tok := <-first; tok == nil || tok.AccessToken != old {
+		t.Fatal("the GetToken in flight did not answer the old token: the test set-up is wrong")
+	}
+	tok, err := f.c.Token(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.AccessToken == old {
+		t.Error("Token after Invalidate: got the reported token, kept from a GetToken that was in flight")
+	}
+}

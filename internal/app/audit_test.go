@@ -89,6 +89,11 @@ func TestAuditSinkFailureFailsGetToken(t *testing.T) {
 	if !strings.Contains(logs.String(), "the audit line cannot be written") {
 		t.Errorf("the service log does not say the audit failed:\n%s", logs.String())
 	}
+	// A report is audited in the same stream, and fails the same way.
+	_, err = s.client.InvalidateToken(context.Background(), &tokenvendv1.InvalidateTokenRequest{Provider: "kyc", AccessToken: "made-up"})
+	if code, info := errorInfo(t, err); code != codes.Unavailable || info.GetReason() != "AUDIT_UNAVAILABLE" {
+		t.Errorf("InvalidateToken, audit sink full: got %v %s, want Unavailable AUDIT_UNAVAILABLE", code, info.GetReason())
+	}
 
 	sink.full.Store(false)
 	again := s.mustGet("kyc")
@@ -97,5 +102,11 @@ func TestAuditSinkFailureFailsGetToken(t *testing.T) {
 	}
 	if got := strings.Count(sink.lines.String(), `"msg":"audit"`); got != 2 {
 		t.Errorf("audit lines written: got %d, want 2 (the answered calls):\n%s", got, sink.lines.String())
+	}
+	if _, err := s.client.InvalidateToken(context.Background(), &tokenvendv1.InvalidateTokenRequest{Provider: "kyc", AccessToken: "made-up"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(sink.lines.String(), `"msg":"audit invalidate"`); got != 1 {
+		t.Errorf("invalidation audit lines in the audit stream: got %d, want 1:\n%s", got, sink.lines.String())
 	}
 }

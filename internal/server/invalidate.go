@@ -38,7 +38,10 @@ func (s *Server) report(ctx context.Context, caller string, r broker.Request, ac
 		result = token.Invalidation("error")
 	}
 	s.invalidations.add(s.known(r.Provider), string(result))
-	s.auditInvalidation(ctx, caller, shown, scope, accessToken, upstreamStatus, codeOf(err, shown.Provider), result)
+	if aerr := s.auditInvalidation(ctx, caller, shown, scope, accessToken, upstreamStatus, codeOf(err, shown.Provider), result); aerr != nil {
+		// As for GetToken: no answer leaves unaudited.
+		return "", aerr
+	}
 	return result, err
 }
 
@@ -54,10 +57,10 @@ func (s *state) invalidate(ctx context.Context, caller string, r broker.Request,
 	return result, scope, err
 }
 
-// auditInvalidation writes the audit line of a report: who reported which
-// token (its fingerprint, never the token) of what, the upstream's status,
-// and what the report did.
-func (s *Server) auditInvalidation(ctx context.Context, caller string, r broker.Request, scope, accessToken string, upstreamStatus int, code codes.Code, result token.Invalidation) {
+// auditInvalidation writes the audit line of a report, in the audit stream
+// beside GetToken's: who reported which token (its fingerprint, never the
+// token) of what, the upstream's status, and what the report did.
+func (s *Server) auditInvalidation(ctx context.Context, caller string, r broker.Request, scope, accessToken string, upstreamStatus int, code codes.Code, result token.Invalidation) error {
 	attrs := []slog.Attr{
 		slog.String("caller", caller), slog.String("provider", r.Provider),
 		slog.String("scope", scope), slog.String("subject", r.Subject),
@@ -72,7 +75,11 @@ func (s *Server) auditInvalidation(ctx context.Context, caller string, r broker.
 	}
 	rec := slog.NewRecord(time.Now(), slog.LevelInfo, "audit invalidate", 0)
 	rec.AddAttrs(attrs...)
-	_ = s.log.Handler().Handle(ctx, rec)
+	if err := s.auditLog.Record(ctx, rec); err != nil {
+		s.log.ErrorContext(ctx, "the audit line cannot be written: the InvalidateToken fails", "provider", r.Provider, "error", err.Error())
+		return auditUnavailable(err)
+	}
+	return nil
 }
 
 // known returns provider when it is configured, else "": a caller's typo

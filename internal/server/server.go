@@ -288,10 +288,16 @@ func (s *Server) audit(ctx context.Context, span trace.Span, st *state, caller s
 	rec.AddAttrs(attrs...)
 	if err := s.auditLog.Record(ctx, rec); err != nil {
 		s.log.ErrorContext(ctx, "the audit line cannot be written: the GetToken fails", "provider", r.Provider, "error", err.Error())
-		return &token.Error{Kind: token.KindUnavailable, Reason: ReasonAuditUnavailable, Err: err,
-			Message: "the audit log cannot be written, and tokenvend answers no request it cannot audit: an operator must check where the audit lines go"}
+		return auditUnavailable(err)
 	}
 	return nil
+}
+
+// auditUnavailable is the answer to a request whose audit line could not
+// be written.
+func auditUnavailable(cause error) error {
+	return &token.Error{Kind: token.KindUnavailable, Reason: ReasonAuditUnavailable, Err: cause,
+		Message: "the audit log cannot be written, and tokenvend answers no request it cannot audit: an operator must check where the audit lines go"}
 }
 
 // fingerprint is Fingerprint, remembered per provider for the token it was
