@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/provider/ibanera/ibanerasim"
 	"github.com/tokenvend/tokenvend/internal/server"
 )
 
@@ -155,5 +157,76 @@ providers:%s%s`, hashOf(key), hashOf(otherKey), kycProvider("kyc", url, kycPassw
 	resp, err := s.client.InvalidateToken(as(key), req)
 	if err != nil || !resp.GetInvalidated() {
 		t.Errorf("report by the granted caller: got %v, %v; want invalidated", resp, err)
+	}
+}
+
+// TestInvalidateTokenGrantsCoverScopeAndSubject: a report is judged by the
+// grant of its scope and subject, as GetToken is; a report of a single-use
+// token changes nothing, over REST too.
+func TestInvalidateTokenGrantsCoverScopeAndSubject(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	k := newLoginIDKey(t)
+	_, _ = loginidSim(t, clk, k)
+	key := "billing-key-77aa"
+	s := startService(t, clk, fmt.Sprintf(`
+callers:
+  - id: key:billing
+    api_key_sha256: %s
+    allow: [{provider: loginid, scopes: [users.retrieve], subjects: ["*@billing.example.com"]}]
+providers:%s`, keyHash(key), loginidProvider("loginid", loginidOneLine(k.pkcs8))))
+	for _, tc := range []struct {
+		name, scope, subject string
+		status               int
+		reason               string
+	}{
+		{"granted", "users.retrieve", "alice@billing.example.com", http.StatusOK, ""},
+		{"a subject no grant covers", "users.retrieve", "alice@example.com", http.StatusForbidden, "SUBJECT_NOT_ALLOWED"},
+		{"a scope no grant covers", "users.create", "alice@billing.example.com", http.StatusForbidden, "CALLER_NOT_ALLOWED"},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, s.base+"/v1/token:invalidate", strings.NewReader(fmt.Sprintf(
+			`{"provider":"loginid","scope":%q,"subject":%q,"access_token":"eyJ.any.token"}`, tc.scope, tc.subject)))
+		req.Header.Set("x-api-key", key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		r := restResult{Status: resp.StatusCode, Body: body}
+		if r.Status != tc.status || restReason(r) != tc.reason {
+			t.Errorf("%s: got %d %v, want %d %s", tc.name, r.Status, body, tc.status, tc.reason)
+		}
+		if tc.status == http.StatusOK && body["invalidated"] != false {
+			t.Errorf("%s: a single-use provider's report answered %v, want invalidated false", tc.name, body)
+		}
+	}
+}
+
+// TestInvalidateTokenIbaneraDropsTheSession: for Ibanera the session is what
+// a report drops; the next call logs in again (with a fresh step) and its
+// session, with a fresh otp, works upstream.
+func TestInvalidateTokenIbaneraDropsTheSession(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	sim, url := ibaneraSim(t, clk)
+	s := startService(t, clk, "cache:\n  min_relogin_interval: 1s\nproviders:"+ibaneraProvider(url, ibaneraPassword, ""))
+	first := s.mustGet("ibanera")
+	clk.Advance(time.Minute) // the next login needs a fresh TOTP step
+	resp, err := s.client.InvalidateToken(context.Background(), &tokenvendv1.InvalidateTokenRequest{
+		Provider: "ibanera", AccessToken: first.GetAccessToken(), UpstreamStatus: 401})
+	if err != nil || !resp.GetInvalidated() {
+		t.Fatalf("report of the current session: got %v, %v; want invalidated", resp, err)
+	}
+	next := s.mustGet("ibanera")
+	if next.GetAccessToken() == first.GetAccessToken() {
+		t.Error("GetToken after the report: got the reported session")
+	}
+	if n := sim.Logins(); n != 2 {
+		t.Errorf("upstream logins: got %d, want 2 (one new session)", n)
+	}
+	if code := useHeaders(t, url+ibanerasim.AccountsPath, next.GetHeaders()); code != http.StatusOK {
+		t.Errorf("the new session upstream: got %d, want 200", code)
 	}
 }
