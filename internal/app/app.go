@@ -70,6 +70,7 @@ type App struct {
 	grpcSrv  *grpc.Server
 	httpSrv  *http.Server
 	health   *health.Server
+	serving  *serving
 	broker   *broker.Broker
 	stopping atomic.Bool
 }
@@ -122,6 +123,9 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	a.health.SetServingStatus(tokenvendv1.TokenService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	for _, p := range providers {
 		a.health.SetServingStatus(p.Name, healthpb.HealthCheckResponse_SERVING)
+	}
+	if a.serving, err = newServing(a.tel.Meter.Meter("tokenvend"), providers); err != nil {
+		return nil, err
 	}
 	a.broker = broker.New(providers, token.Options{
 		RefreshBefore:    cfg.Cache.RefreshBefore,
@@ -205,6 +209,7 @@ func (a *App) providerHeld(provider string, held bool) {
 	if held {
 		st = healthpb.HealthCheckResponse_NOT_SERVING
 	}
+	a.serving.set(provider, !held)
 	if !a.stopping.Load() {
 		a.health.SetServingStatus(provider, st)
 	}
