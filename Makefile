@@ -25,9 +25,11 @@ check-generated: generate
 	@git diff --exit-code --stat -- gen || (echo "gen/ is stale: run make generate and commit" >&2; exit 1)
 	@test -z "$$(git status --porcelain -- gen)" || (git status --porcelain -- gen; echo "gen/ has files not committed: run make generate and commit" >&2; exit 1)
 
-## check-deploy: render deploy/kubernetes with kustomize, decode every object strictly into the
-## Kubernetes API types, check the Deployment's promises and the Dockerfile, and run
-## `tokenvend check` on the example config (deploy/ is a module of its own)
+## check-deploy: render deploy/kubernetes with kustomize and deploy/helm with the Helm library,
+## decode every object strictly into the Kubernetes API types, check the Deployment's promises
+## and the Dockerfile, run `tokenvend check` on their configs, parse the alerting rules with
+## Prometheus' rulefmt, and check the dashboard and rules against a running tokenvend's
+## /metrics (deploy/ is a module of its own)
 check-deploy:
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 

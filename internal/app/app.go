@@ -88,6 +88,7 @@ type App struct {
 	proxy    *proxyPort // nil unless server.proxy_addr is set
 	health   *health.Server
 	drainOpt time.Duration // Options.DrainDelay
+	serving  *serving // tokenvend_provider_serving
 	stopping atomic.Bool
 
 	// What a config reload (see Reload) needs, and what it replaces.
@@ -161,6 +162,9 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	a.health.SetServingStatus(tokenvendv1.TokenService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	for _, p := range providers {
 		a.health.SetServingStatus(p.Name, healthpb.HealthCheckResponse_SERVING)
+	}
+	if a.serving, err = newServing(a.tel.Meter.Meter("tokenvend"), providers); err != nil {
+		return nil, err
 	}
 	a.cacheBase = token.Options{
 		RetryBase: o.RetryBase,

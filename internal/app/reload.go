@@ -201,6 +201,7 @@ func (a *App) keepListeners(running, next *config.Config) *config.Config {
 // setHealth sets a provider's gRPC health, unless the service is stopping
 // (then every name is NOT_SERVING).
 func (a *App) setHealth(provider string, st healthpb.HealthCheckResponse_ServingStatus) {
+	a.serving.record(provider, st)
 	if !a.stopping.Load() {
 		a.health.SetServingStatus(provider, st)
 	}
