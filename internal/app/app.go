@@ -88,7 +88,7 @@ type App struct {
 	proxy    *proxyPort // nil unless server.proxy_addr is set
 	health   *health.Server
 	drainOpt time.Duration // Options.DrainDelay
-	serving  *serving // tokenvend_provider_serving
+	serving  *serving      // tokenvend_provider_serving
 	stopping atomic.Bool
 
 	// What a config reload (see Reload) needs, and what it replaces.
