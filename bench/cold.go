@@ -18,6 +18,7 @@ import (
 // coldResult is one cold-start run.
 type coldResult struct {
 	callers int
+	keys    int           // the distinct keys they asked for
 	logins  float64       // upstream logins the burst caused
 	failed  int           // callers that got an error
 	last    time.Duration // from the burst to the last caller's answer
@@ -28,11 +29,14 @@ type coldResult struct {
 // separate processes would arrive.
 const callersPerConn = 100
 
-// coldStart starts a fresh server (so the kyc key is cold), connects n
-// callers, releases them at once on GetToken(kyc), and counts the upstream
-// logins on /metrics before and after.
-func coldStart(ctx context.Context, start func() (*server, error), provider string, n int) (coldResult, error) {
-	res := coldResult{callers: n}
+// coldStart starts a fresh server (so every key is cold), connects n
+// callers, releases them at once, caller i on reqs[i%len(reqs)] (one
+// provider, distinct keys), and counts the provider's upstream logins on
+// /metrics before and after: one login per key is the goal (see
+// coldResult.met).
+func coldStart(ctx context.Context, start func() (*server, error), reqs []*tokenvendv1.GetTokenRequest, n int) (coldResult, error) {
+	res := coldResult{callers: n, keys: min(n, len(reqs))}
+	provider := reqs[0].GetProvider()
 	srv, err := start()
 	if err != nil {
 		return res, err
@@ -68,7 +72,7 @@ func coldStart(ctx context.Context, start func() (*server, error), provider stri
 		finished.Go(func() {
 			ready.Done()
 			<-fire
-			_, errs[i] = client.GetToken(ctx, &tokenvendv1.GetTokenRequest{Provider: provider})
+			_, errs[i] = client.GetToken(ctx, reqs[i%len(reqs)])
 			done[i] = time.Now()
 		})
 	}
@@ -95,4 +99,10 @@ func coldStart(ctx context.Context, start func() (*server, error), provider stri
 		return res, errors.New("the key was not cold: the fresh server had logged in before the burst")
 	}
 	return res, srv.alive()
+}
+
+// met reports whether the burst made exactly one upstream login per key
+// and every caller got its token.
+func (r coldResult) met() bool {
+	return r.logins == float64(r.keys) && r.failed == 0
 }

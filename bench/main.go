@@ -42,6 +42,7 @@ type options struct {
 	expiryLifetime time.Duration
 	expiryWindow   time.Duration
 	runs           map[int]bool
+	scale          scaleOptions
 }
 
 func main() {
@@ -56,8 +57,13 @@ func main() {
 	}
 }
 
+// lastRun is the number of the last run: 1-6 are `make bench`, 7-10 the
+// scaling runs of `make bench-scale`.
+const lastRun = 10
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o options
+	var err error
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.bin, "bin", "../bin/tokenvend", "the tokenvend binary to measure")
@@ -69,24 +75,35 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cold := fs.String("cold", "1,100,1000", "cold-start burst sizes: concurrent callers on a cold key")
 	fs.DurationVar(&o.expiryLifetime, "expiry-lifetime", 20*time.Second, "token lifetime in the expiry run (refreshed at half of it)")
 	fs.DurationVar(&o.expiryWindow, "expiry-window", 3*time.Second, "length of each window of the expiry run")
-	runs := fs.String("runs", "1,2,3,4,5,6", "which of the runs to do")
+	runs := fs.String("runs", "1,2,3,4,5,6", "which of the runs to do (7 to 10: the scaling runs)")
+	scale := fs.Bool("scale", false, "do the scaling runs (7 to 10) instead: the same as -runs 7,8,9,10")
+	scaleCallers := fs.String("scale-callers", "1,10,100,1000", "run 7: concurrent callers at each step")
+	fs.IntVar(&o.scale.idleConns, "idle-conns", 10000, "run 8: idle gRPC connections held open")
+	fs.IntVar(&o.scale.keys, "keys", 10000, "run 9: cached keys (scopes of one insly provider)")
+	fs.IntVar(&o.scale.coldCallers, "cold-callers", 10000, "run 10: callers at once on cold keys")
+	fs.IntVar(&o.scale.coldKeys, "cold-keys", 100, "run 10: the cold keys those callers spread over")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *scale {
+		*runs = "7,8,9,10"
 	}
 	o.runs = map[int]bool{}
 	for _, f := range strings.Split(*runs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 6 {
-			return fmt.Errorf("-runs: %q is not a run (1 to 6)", f)
+		if err != nil || n < 1 || n > lastRun {
+			return fmt.Errorf("-runs: %q is not a run (1 to %d)", f, lastRun)
 		}
 		o.runs[n] = true
 	}
-	for _, f := range strings.Split(*cold, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-cold: %q is not a number of callers", f)
-		}
-		o.cold = append(o.cold, n)
+	if o.cold, err = counts(*cold); err != nil {
+		return fmt.Errorf("-cold: %w", err)
+	}
+	if o.scale.callers, err = counts(*scaleCallers); err != nil {
+		return fmt.Errorf("-scale-callers: %w", err)
+	}
+	if o.scale.idleConns < 1 || o.scale.keys < 1 || o.scale.coldKeys < 1 || o.scale.coldCallers < o.scale.coldKeys {
+		return errors.New("-idle-conns, -keys and -cold-keys must be at least 1, and -cold-callers at least -cold-keys")
 	}
 	if o.rounds < 1 || o.concurrency < 1 || o.connections < 1 {
 		return errors.New("-rounds, -c and -connections must be at least 1")
@@ -114,11 +131,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.runs[4] {
 		for _, n := range o.cold {
 			progress(stderr, fmt.Sprintf("4. cold start, %d callers", n))
-			r, err := coldStart(ctx, demo, "kyc", n)
+			r, err := coldStart(ctx, demo, []*tokenvendv1.GetTokenRequest{{Provider: "kyc"}}, n)
 			if err != nil {
 				return fmt.Errorf("run 4 (%d callers): %w", n, err)
 			}
-			t.cold(r)
+			t.cold("4", r)
 		}
 		t.note("4: each burst on a fresh demo process; logins read from tokenvend_logins_total before and after; the time runs from the burst's release to the last answer.")
 	}
@@ -129,6 +146,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("run 5: %w", err)
 		}
 		t.expiry(e)
+	}
+	if err := o.scaling(ctx, stderr, t, demo); err != nil {
+		return err
 	}
 	t.sort()
 
@@ -240,7 +260,20 @@ func (o options) estimate() time.Duration {
 	if o.runs[5] {
 		d += o.expiryLifetime/2 + 2*o.expiryWindow + o.warm
 	}
-	return d
+	return d + o.scale.estimate(o)
+}
+
+// counts parses a comma-separated list of positive numbers.
+func counts(list string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // loginIDRequest finds the loginid provider through ListProviders and
