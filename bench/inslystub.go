@@ -108,8 +108,9 @@ providers:
 	return b.String()
 }
 
-// serveInsly runs `tokenvend serve` on inslyConfig.
-func serveInsly(bin, stub string, scopes []string) (*server, error) {
+// serveInsly runs `tokenvend serve` on inslyConfig, with env added to
+// its environment.
+func serveInsly(bin, stub string, scopes []string, env ...string) (*server, error) {
 	dir, err := os.MkdirTemp("", "tokenvend-bench-")
 	if err != nil {
 		return nil, err
@@ -119,5 +120,5 @@ func serveInsly(bin, stub string, scopes []string) (*server, error) {
 	if err := os.WriteFile(path, []byte(inslyConfig(stub, scopes)), 0o600); err != nil {
 		return nil, err
 	}
-	return startServer(bin, "serve", "--config", path)
+	return startServerEnv(env, bin, "serve", "--config", path)
 }

@@ -57,6 +57,9 @@ func main() {
 	}
 }
 
+// demoArgs start the demo on ports of its own.
+var demoArgs = []string{"demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}
+
 // lastRun is the number of the last run: 1-6 are `make bench`, 7-10 the
 // scaling runs of `make bench-scale`.
 const lastRun = 10
@@ -118,9 +121,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "bench: measuring %s (%s) on %d CPUs; this takes about %s\n", o.bin, bi.GoVersion, runtime.NumCPU(), o.estimate().Round(10*time.Second))
 
 	t := &table{}
-	demo := func() (*server, error) {
-		return startServer(o.bin, "demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
-	}
+	demo := func() (*server, error) { return startServer(o.bin, demoArgs...) }
 
 	logins := -1.0
 	if o.runs[1] || o.runs[2] || o.runs[3] || o.runs[6] {

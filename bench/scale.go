@@ -56,11 +56,16 @@ func (o options) scaling(ctx context.Context, stderr io.Writer, t *table, demo f
 	}
 	if o.runs[8] {
 		progress(stderr, fmt.Sprintf("8. %s idle gRPC connections", thousands(s.idleConns)))
-		r, err := idleConnections(ctx, demo, s.idleConns)
+		deployed, err := idleConnections(ctx, demo, s.idleConns)
 		if err != nil {
 			return fmt.Errorf("run 8: %w", err)
 		}
-		t.idle(r)
+		progress(stderr, fmt.Sprintf("8. %s idle gRPC connections, %s", thousands(s.idleConns), leanGC))
+		lean, err := idleConnections(ctx, func() (*server, error) { return startServerEnv([]string{leanGC}, o.bin, demoArgs...) }, s.idleConns)
+		if err != nil {
+			return fmt.Errorf("run 8 (%s): %w", leanGC, err)
+		}
+		t.idle(deployed, lean)
 	}
 	if o.runs[9] || o.runs[10] {
 		// One stub upstream serves runs 9 and 10, until the runs end.
@@ -72,11 +77,16 @@ func (o options) scaling(ctx context.Context, stderr io.Writer, t *table, demo f
 		}
 		if o.runs[9] {
 			progress(stderr, fmt.Sprintf("9. %s cached keys", thousands(s.keys)))
-			r, err := o.cachedKeys(ctx, stub, s.keys)
+			deployed, err := o.cachedKeys(ctx, stub, s.keys, true)
 			if err != nil {
 				return fmt.Errorf("run 9: %w", err)
 			}
-			t.keys(r)
+			progress(stderr, fmt.Sprintf("9. %s cached keys, %s", thousands(s.keys), leanGC))
+			lean, err := o.cachedKeys(ctx, stub, s.keys, false, leanGC)
+			if err != nil {
+				return fmt.Errorf("run 9 (%s): %w", leanGC, err)
+			}
+			t.keys(deployed, lean)
 		}
 		if o.runs[10] {
 			progress(stderr, fmt.Sprintf("10. cold start, %s callers across %s keys", thousands(s.coldCallers), thousands(s.coldKeys)))
@@ -177,7 +187,7 @@ func (after footprint) since(before footprint, n int) growth {
 	}
 }
 
-// idleResult is run 8.
+// idleResult is run 8 on one server.
 type idleResult struct {
 	conns                 int
 	before, after, closed footprint
@@ -189,17 +199,23 @@ type idleResult struct {
 // accept loop busy, few enough not to be a burst of their own.
 const dialWorkers = 64
 
-// idleConnections is run 8: a fresh demo, measured before and after n
-// gRPC connections, each opened with one Health/Check (so it is really
-// established, HTTP/2 settings exchanged) and then left idle; then again
-// once they have closed, to see the server let go of them.
-func idleConnections(ctx context.Context, demo func() (*server, error), n int) (idleResult, error) {
+// leanGC is the GOGC of the second server of runs 8 and 9, on which the
+// Go heap in use is at most 10% garbage: what the connections or keys
+// keep alive, which tokenvend's own GOGC (400, for CPU) would hide
+// under up to 4x as much garbage not yet collected.
+const leanGC = "GOGC=10"
+
+// idleConnections is run 8 on one server: a fresh demo, measured before
+// and after n gRPC connections, each opened with one Health/Check (so it
+// is really established, HTTP/2 settings exchanged) and then left idle;
+// then again once they have closed, to see the server let go of them.
+func idleConnections(ctx context.Context, start func() (*server, error), n int) (idleResult, error) {
 	res := idleResult{conns: n}
 	// Both ends are on this machine: each process holds n sockets.
 	if err := raiseFileLimit(uint64(n) + 1024); err != nil {
 		return res, err
 	}
-	srv, err := demo()
+	srv, err := start()
 	if err != nil {
 		return res, err
 	}
@@ -308,7 +324,7 @@ func parallel(n, workers int, f func(i int) error) error {
 	return first
 }
 
-// keysResult is run 9.
+// keysResult is run 9 on one server.
 type keysResult struct {
 	keys          int
 	before, after footprint
@@ -318,7 +334,8 @@ type keysResult struct {
 	fillLogins, againLogins float64
 	fill, again             time.Duration
 	// last and first are cached GetToken measured side by side for the
-	// scope listed last and the one listed first.
+	// scope listed last and the one listed first (on the deployed
+	// server only).
 	last, first result
 }
 
@@ -330,15 +347,15 @@ func (r keysResult) met() bool {
 // keyWorkers ask for the keys in parallel when filling the cache.
 const keyWorkers = 64
 
-// cachedKeys is run 9: `tokenvend serve` with one insly client_credentials
-// provider allowing keys scopes, measured before and after a GetToken of
-// every scope (each a login, then a cached key), then each scope asked for
-// again (cache hits only), then cached GetToken for the last listed scope
-// against the first.
-func (o options) cachedKeys(ctx context.Context, stub string, keys int) (keysResult, error) {
+// cachedKeys is run 9 on one server: `tokenvend serve` with one insly
+// client_credentials provider allowing keys scopes, measured before and
+// after a GetToken of every scope (each a login, then a cached key), then
+// each scope asked for again (cache hits only). With hits, it then
+// measures cached GetToken for the last listed scope against the first.
+func (o options) cachedKeys(ctx context.Context, stub string, keys int, hits bool, env ...string) (keysResult, error) {
 	res := keysResult{keys: keys}
 	scopes := benchScopes(keys)
-	srv, err := serveInsly(o.bin, stub, scopes)
+	srv, err := serveInsly(o.bin, stub, scopes, env...)
 	if err != nil {
 		return res, err
 	}
@@ -390,6 +407,9 @@ func (o options) cachedKeys(ctx context.Context, stub string, keys int) (keysRes
 	}
 	if res.again, res.againLogins, err = everyScope(); err != nil {
 		return res, err
+	}
+	if !hits {
+		return res, srv.alive()
 	}
 
 	getToken := func(scope string) load {
