@@ -101,7 +101,7 @@ func (o options) scaling(ctx context.Context, stderr io.Writer, t *table, demo f
 				return fmt.Errorf("run 10: %w", err)
 			}
 			t.cold("10", r)
-			t.note("10: on a fresh `tokenvend serve` with one insly client_credentials provider whose upstream (a stub in the harness) takes %s per login; caller i asks for scope i mod %d; %d callers per connection.",
+			t.note("10: on a fresh `tokenvend serve` with one insly client_credentials provider whose upstream (a stub in the harness) takes %s per login; caller i asks for scope i mod %d; %d callers per connection; the baseline is the same burst again, on the cached keys.",
 				stubLoginDelay, s.coldKeys, callersPerConn)
 		}
 	}
@@ -147,7 +147,8 @@ func (o options) callersRun(ctx context.Context, stderr io.Writer, t *table, dem
 // footprint is what a server holds at one moment.
 type footprint struct {
 	rss        int64   // VmRSS, bytes
-	heap       float64 // Go heap and goroutine stacks in use, bytes
+	heap       float64 // Go heap in use, bytes (garbage not yet collected included)
+	stacks     float64 // goroutine stacks in use, bytes
 	goroutines float64
 }
 
@@ -164,11 +165,12 @@ func (s *server) footprint(ctx context.Context) (footprint, error) {
 	}
 	f := footprint{
 		rss:        rss,
-		heap:       m.sum("go_memstats_heap_inuse_bytes") + m.sum("go_memstats_stack_inuse_bytes"),
+		heap:       m.sum("go_memstats_heap_inuse_bytes"),
+		stacks:     m.sum("go_memstats_stack_inuse_bytes"),
 		goroutines: m.sum("go_goroutines"),
 	}
-	if f.goroutines == 0 || f.heap == 0 {
-		return f, errors.New("/metrics has no go_goroutines or go_memstats_heap_inuse_bytes")
+	if f.goroutines == 0 || f.heap == 0 || f.stacks == 0 {
+		return f, errors.New("/metrics lacks go_goroutines, go_memstats_heap_inuse_bytes or go_memstats_stack_inuse_bytes")
 	}
 	return f, nil
 }
@@ -176,13 +178,14 @@ func (s *server) footprint(ctx context.Context) (footprint, error) {
 // growth is what each of n things (connections, keys) added between two
 // footprints.
 type growth struct {
-	rss, heap, goroutines float64
+	rss, heap, stacks, goroutines float64
 }
 
 func (after footprint) since(before footprint, n int) growth {
 	return growth{
 		rss:        float64(after.rss-before.rss) / float64(n),
 		heap:       (after.heap - before.heap) / float64(n),
+		stacks:     (after.stacks - before.stacks) / float64(n),
 		goroutines: (after.goroutines - before.goroutines) / float64(n),
 	}
 }

@@ -58,7 +58,7 @@ func (t *table) cold(n string, r coldResult) {
 	if r.failed > 0 {
 		got += fmt.Sprintf("; %d FAILED (%s)", r.failed, r.err)
 	}
-	t.row(n, what, got, "", "", goal(true, r.met(), want))
+	t.row(n, what, got, "0; "+ms(r.warm), fmt.Sprintf("%.2fx", r.last.Seconds()/r.warm.Seconds()), goal(true, r.met(), want))
 }
 
 func (t *table) expiry(e expiryResult) {
@@ -204,7 +204,8 @@ func (t *table) growthRows(n, title, per string, count int, deployed, lean [2]fo
 	g, l := deployed[1].since(deployed[0], count), lean[1].since(lean[0], count)
 	t.row(n, title+": server VmRSS", mib(deployed[1].rss), mib(deployed[0].rss), fmt.Sprintf("%+.1f KiB per %s", g.rss/1024, per), "")
 	t.row(n, "... VmRSS, "+leanGC, mib(lean[1].rss), mib(lean[0].rss), fmt.Sprintf("%+.1f KiB per %s", l.rss/1024, per), "")
-	t.row(n, "... Go heap and stacks in use, "+leanGC, mib(int64(lean[1].heap)), mib(int64(lean[0].heap)), fmt.Sprintf("%+.1f KiB per %s", l.heap/1024, per), "")
+	t.row(n, "... Go heap in use, "+leanGC, mib(int64(lean[1].heap)), mib(int64(lean[0].heap)), fmt.Sprintf("%+.1f KiB per %s", l.heap/1024, per), "")
+	t.row(n, "... goroutine stacks in use", mib(int64(deployed[1].stacks)), mib(int64(deployed[0].stacks)), fmt.Sprintf("%+.1f KiB per %s", g.stacks/1024, per), "")
 	t.row(n, "... goroutines", thousands(int(deployed[1].goroutines)), thousands(int(deployed[0].goroutines)), fmt.Sprintf("%+.2f per %s", g.goroutines, per), "")
 }
 
