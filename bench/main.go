@@ -65,51 +65,9 @@ var demoArgs = []string{"demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "12
 const lastRun = 10
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var o options
-	var err error
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.bin, "bin", "../bin/tokenvend", "the tokenvend binary to measure")
-	fs.IntVar(&o.concurrency, "c", 50, "concurrent callers in the load runs")
-	fs.IntVar(&o.connections, "connections", 1, "gRPC connections the load runs' callers share (ghz)")
-	fs.DurationVar(&o.duration, "d", 10*time.Second, "measured time of each side of a pair (call and floor)")
-	fs.IntVar(&o.rounds, "rounds", 10, "each side's time is split into this many slices, alternating call and floor")
-	fs.DurationVar(&o.warm, "warm", time.Second, "warm-up of each side before it is measured")
-	cold := fs.String("cold", "1,100,1000", "cold-start burst sizes: concurrent callers on a cold key")
-	fs.DurationVar(&o.expiryLifetime, "expiry-lifetime", 20*time.Second, "token lifetime in the expiry run (refreshed at half of it)")
-	fs.DurationVar(&o.expiryWindow, "expiry-window", 3*time.Second, "length of each window of the expiry run")
-	runs := fs.String("runs", "1,2,3,4,5,6", "which of the runs to do (7 to 10: the scaling runs)")
-	scale := fs.Bool("scale", false, "do the scaling runs (7 to 10) instead: the same as -runs 7,8,9,10")
-	scaleCallers := fs.String("scale-callers", "1,10,100,1000", "run 7: concurrent callers at each step")
-	fs.IntVar(&o.scale.idleConns, "idle-conns", 10000, "run 8: idle gRPC connections held open")
-	fs.IntVar(&o.scale.keys, "keys", 10000, "run 9: cached keys (scopes of one insly provider)")
-	fs.IntVar(&o.scale.coldCallers, "cold-callers", 10000, "run 10: callers at once on cold keys")
-	fs.IntVar(&o.scale.coldKeys, "cold-keys", 100, "run 10: the cold keys those callers spread over")
-	if err := fs.Parse(args); err != nil {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
 		return err
-	}
-	if *scale {
-		*runs = "7,8,9,10"
-	}
-	o.runs = map[int]bool{}
-	for _, f := range strings.Split(*runs, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > lastRun {
-			return fmt.Errorf("-runs: %q is not a run (1 to %d)", f, lastRun)
-		}
-		o.runs[n] = true
-	}
-	if o.cold, err = counts(*cold); err != nil {
-		return fmt.Errorf("-cold: %w", err)
-	}
-	if o.scale.callers, err = counts(*scaleCallers); err != nil {
-		return fmt.Errorf("-scale-callers: %w", err)
-	}
-	if o.scale.idleConns < 1 || o.scale.keys < 1 || o.scale.coldKeys < 1 || o.scale.coldCallers < o.scale.coldKeys {
-		return errors.New("-idle-conns, -keys and -cold-keys must be at least 1, and -cold-callers at least -cold-keys")
-	}
-	if o.rounds < 1 || o.concurrency < 1 || o.connections < 1 {
-		return errors.New("-rounds, -c and -connections must be at least 1")
 	}
 
 	began := time.Now()
@@ -169,6 +127,57 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	t.write(stdout)
 	fmt.Fprintf(stdout, "\nwhole run: %s\n", time.Since(began).Round(100*time.Millisecond))
 	return nil
+}
+
+// parseFlags reads the command line into options.
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	var err error
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.bin, "bin", "../bin/tokenvend", "the tokenvend binary to measure")
+	fs.IntVar(&o.concurrency, "c", 50, "concurrent callers in the load runs")
+	fs.IntVar(&o.connections, "connections", 1, "gRPC connections the load runs' callers share (ghz)")
+	fs.DurationVar(&o.duration, "d", 10*time.Second, "measured time of each side of a pair (call and floor)")
+	fs.IntVar(&o.rounds, "rounds", 10, "each side's time is split into this many slices, alternating call and floor")
+	fs.DurationVar(&o.warm, "warm", time.Second, "warm-up of each side before it is measured")
+	cold := fs.String("cold", "1,100,1000", "cold-start burst sizes: concurrent callers on a cold key")
+	fs.DurationVar(&o.expiryLifetime, "expiry-lifetime", 20*time.Second, "token lifetime in the expiry run (refreshed at half of it)")
+	fs.DurationVar(&o.expiryWindow, "expiry-window", 3*time.Second, "length of each window of the expiry run")
+	runs := fs.String("runs", "1,2,3,4,5,6", "which of the runs to do (7 to 10: the scaling runs)")
+	scale := fs.Bool("scale", false, "do the scaling runs (7 to 10) instead: the same as -runs 7,8,9,10")
+	scaleCallers := fs.String("scale-callers", "1,10,100,1000", "run 7: concurrent callers at each step")
+	fs.IntVar(&o.scale.idleConns, "idle-conns", 10000, "run 8: idle gRPC connections held open")
+	fs.IntVar(&o.scale.keys, "keys", 10000, "run 9: cached keys (scopes of one insly provider)")
+	fs.IntVar(&o.scale.coldCallers, "cold-callers", 10000, "run 10: callers at once on cold keys")
+	fs.IntVar(&o.scale.coldKeys, "cold-keys", 100, "run 10: the cold keys those callers spread over")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if *scale {
+		*runs = "7,8,9,10"
+	}
+	o.runs = map[int]bool{}
+	for _, f := range strings.Split(*runs, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > lastRun {
+			return o, fmt.Errorf("-runs: %q is not a run (1 to %d)", f, lastRun)
+		}
+		o.runs[n] = true
+	}
+	if o.cold, err = counts(*cold); err != nil {
+		return o, fmt.Errorf("-cold: %w", err)
+	}
+	if o.scale.callers, err = counts(*scaleCallers); err != nil {
+		return o, fmt.Errorf("-scale-callers: %w", err)
+	}
+	if o.scale.idleConns < 1 || o.scale.keys < 1 || o.scale.coldKeys < 1 || o.scale.coldCallers < o.scale.coldKeys {
+		return o, errors.New("-idle-conns, -keys and -cold-keys must be at least 1, and -cold-callers at least -cold-keys")
+	}
+	if o.rounds < 1 || o.concurrency < 1 || o.connections < 1 {
+		return o, errors.New("-rounds, -c and -connections must be at least 1")
+	}
+	return o, nil
 }
 
 // steady runs 1-3 and 6 on one demo server, warmed by a first GetToken
