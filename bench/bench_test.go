@@ -410,10 +410,11 @@ func TestInslyStub(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	base, err := startInslyStub(ctx, 0)
+	stub, err := startInslyStub(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	base := stub.url
 	login := func(tenant, secret string) (int, map[string]json.RawMessage) {
 		body, _ := json.Marshal(map[string]string{"client_id": stubClientID, "client_secret": secret, "scope": "bench/scope-00001"})
 		resp, err := http.Post(base+"/token/client/"+tenant, "application/json", strings.NewReader(string(body)))
@@ -446,6 +447,10 @@ func TestInslyStub(t *testing.T) {
 	}
 	if _, again := login(stubTenant, stubSecret); string(again["authentication_result"]) == string(out["authentication_result"]) {
 		t.Error("two logins got the same token")
+	}
+	// http.Post keeps its connection alive between logins.
+	if n := stub.conns.Load(); n < 1 || n > 4 {
+		t.Errorf("4 logins: got %d connections counted, want 1 to 4", n)
 	}
 }
 

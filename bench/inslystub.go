@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,12 +34,19 @@ const (
 	stubLoginDelay = 20 * time.Millisecond
 )
 
+// inslyStub is a running stub of the Insly identifier.
+type inslyStub struct {
+	url string
+	// conns counts the TCP connections tokenvend opened to it.
+	conns atomic.Int64
+}
+
 // startInslyStub serves POST /token/client/{tenant} as the Insly
 // identifier does ({"client_id","client_secret","scope"} in, Cognito's
-// authentication_result out) until ctx ends, each answer after delay, and
-// returns its base URL. A wrong tenant or client is refused with the
-// identifier's IDS10017.
-func startInslyStub(ctx context.Context, delay time.Duration) (string, error) {
+// authentication_result out) until ctx ends, each answer after delay. A
+// wrong tenant or client is refused with the identifier's IDS10017.
+func startInslyStub(ctx context.Context, delay time.Duration) (*inslyStub, error) {
+	stub := &inslyStub{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /token/client/{tenant}", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
@@ -68,12 +76,18 @@ func startInslyStub(ctx context.Context, delay time.Duration) (string, error) {
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			if st == http.StateNew {
+				stub.conns.Add(1)
+			}
+		}}
 	go func() { _ = hs.Serve(ln) }()
 	context.AfterFunc(ctx, func() { _ = hs.Close() })
-	return "http://" + ln.Addr().String(), nil
+	stub.url = "http://" + ln.Addr().String()
+	return stub, nil
 }
 
 // benchScopes are n distinct scopes, as an operator would list them.

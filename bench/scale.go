@@ -95,7 +95,7 @@ func (o options) scaling(ctx context.Context, stderr io.Writer, t *table, demo f
 			for i, sc := range scopes {
 				reqs[i] = &tokenvendv1.GetTokenRequest{Provider: inslyProvider, Scope: sc}
 			}
-			start := func() (*server, error) { return serveInsly(o.bin, stub, scopes) }
+			start := func() (*server, error) { return serveInsly(o.bin, stub.url, scopes) }
 			r, err := coldStart(ctx, start, reqs, s.coldCallers)
 			if err != nil {
 				return fmt.Errorf("run 10: %w", err)
@@ -336,6 +336,9 @@ type keysResult struct {
 	// second time (0 expected: all cached).
 	fillLogins, againLogins float64
 	fill, again             time.Duration
+	// upstreamConns are the connections tokenvend opened to the
+	// upstream for the fill's logins.
+	upstreamConns int64
 	// last and first are cached GetToken measured side by side for the
 	// scope listed last and the one listed first (on the deployed
 	// server only).
@@ -355,10 +358,10 @@ const keyWorkers = 64
 // after a GetToken of every scope (each a login, then a cached key), then
 // each scope asked for again (cache hits only). With hits, it then
 // measures cached GetToken for the last listed scope against the first.
-func (o options) cachedKeys(ctx context.Context, stub string, keys int, hits bool, env ...string) (keysResult, error) {
+func (o options) cachedKeys(ctx context.Context, stub *inslyStub, keys int, hits bool, env ...string) (keysResult, error) {
 	res := keysResult{keys: keys}
 	scopes := benchScopes(keys)
-	srv, err := serveInsly(o.bin, stub, scopes, env...)
+	srv, err := serveInsly(o.bin, stub.url, scopes, env...)
 	if err != nil {
 		return res, err
 	}
@@ -402,9 +405,11 @@ func (o options) cachedKeys(ctx context.Context, stub string, keys int, hits boo
 	if res.before, err = srv.footprint(ctx); err != nil {
 		return res, err
 	}
+	conns := stub.conns.Load()
 	if res.fill, res.fillLogins, err = everyScope(); err != nil {
 		return res, err
 	}
+	res.upstreamConns = stub.conns.Load() - conns
 	if res.after, err = srv.footprint(ctx); err != nil {
 		return res, err
 	}

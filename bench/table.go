@@ -199,19 +199,23 @@ func (t *table) failures(n string, call, floor result) {
 
 // growthRows add the rows of footprints before and after count things
 // (run 8: connections, run 9: keys), on the server as deployed and on the
-// lean one (leanGC); the ratio column is the growth per thing.
-func (t *table) growthRows(n, title, per string, count int, deployed, lean [2]footprint) {
+// lean one (leanGC); the ratio column is the growth per thing. Stacks
+// are shown where the things have goroutines of their own (connections);
+// for keys they would show only how many calls ran at once.
+func (t *table) growthRows(n, title, per string, count int, deployed, lean [2]footprint, stacks bool) {
 	g, l := deployed[1].since(deployed[0], count), lean[1].since(lean[0], count)
 	t.row(n, title+": server VmRSS", mib(deployed[1].rss), mib(deployed[0].rss), fmt.Sprintf("%+.1f KiB per %s", g.rss/1024, per), "")
 	t.row(n, "... VmRSS, "+leanGC, mib(lean[1].rss), mib(lean[0].rss), fmt.Sprintf("%+.1f KiB per %s", l.rss/1024, per), "")
 	t.row(n, "... Go heap in use, "+leanGC, mib(int64(lean[1].heap)), mib(int64(lean[0].heap)), fmt.Sprintf("%+.1f KiB per %s", l.heap/1024, per), "")
-	t.row(n, "... goroutine stacks in use", mib(int64(deployed[1].stacks)), mib(int64(deployed[0].stacks)), fmt.Sprintf("%+.1f KiB per %s", g.stacks/1024, per), "")
+	if stacks {
+		t.row(n, "... goroutine stacks in use", mib(int64(deployed[1].stacks)), mib(int64(deployed[0].stacks)), fmt.Sprintf("%+.1f KiB per %s", g.stacks/1024, per), "")
+	}
 	t.row(n, "... goroutines", thousands(int(deployed[1].goroutines)), thousands(int(deployed[0].goroutines)), fmt.Sprintf("%+.2f per %s", g.goroutines, per), "")
 }
 
 func (t *table) idle(deployed, lean idleResult) {
 	t.growthRows("8", thousands(deployed.conns)+" idle gRPC connections", "connection", deployed.conns,
-		[2]footprint{deployed.before, deployed.after}, [2]footprint{lean.before, lean.after})
+		[2]footprint{deployed.before, deployed.after}, [2]footprint{lean.before, lean.after}, true)
 	t.row("8", "... goroutines once they closed", thousands(int(deployed.closed.goroutines)), thousands(int(deployed.before.goroutines)), "",
 		goal(true, deployed.settled && lean.settled, "back to the start"))
 	t.note("8: a fresh demo process, measured with no gRPC connection, then with %s connections each opened by one Health/Check (%s to open them all, %d at a time) and left idle; again on a second demo with %s, whose heap in use is at most 10%% garbage (tokenvend's own GOGC is 400).",
@@ -221,10 +225,11 @@ func (t *table) idle(deployed, lean idleResult) {
 func (t *table) keys(deployed, lean keysResult) {
 	r := deployed
 	t.growthRows("9", thousands(r.keys)+" cached keys (scopes of one insly provider)", "key", r.keys,
-		[2]footprint{deployed.before, deployed.after}, [2]footprint{lean.before, lean.after})
+		[2]footprint{deployed.before, deployed.after}, [2]footprint{lean.before, lean.after}, false)
 	t.row("9", "... upstream logins: to fill them; to ask for each again", fmt.Sprintf("%s; %s", thousands(int(r.fillLogins)), thousands(int(r.againLogins))), "", "",
 		goal(true, deployed.met() && lean.met(), "1 per key, then 0"))
 	t.row("9", "... time to fill them; to ask for each again", fmt.Sprintf("%.2f s; %.2f s", r.fill.Seconds(), r.again.Seconds()), "", "", "")
+	t.row("9", "... TCP connections tokenvend opened to the upstream to fill them", thousands(int(r.upstreamConns)), "", "", "")
 	t.row("9", fmt.Sprintf("cached GetToken, scope listed %s vs listed 1st: requests/s", ordinal(r.keys)), rate(r.last), rate(r.first), fmt.Sprintf("%.2fx", r.last.rps/r.first.rps), "")
 	t.row("9", "... server CPU per call", us(r.last.cpuPerCall), us(r.first.cpuPerCall), fmt.Sprintf("%.2fx", r.last.cpuPerCall.Seconds()/r.first.cpuPerCall.Seconds()), "")
 	t.failures("9", r.last, r.first)
