@@ -313,8 +313,12 @@ func loginIDRequest(ctx context.Context, c tokenvendv1.TokenServiceClient) (*tok
 	return nil, "no loginid provider", nil
 }
 
+// started is when the harness started, for the progress lines.
+var started = time.Now()
+
+// progress says what the harness is doing, and how long it has run.
 func progress(w io.Writer, what string) {
-	fmt.Fprintf(w, "bench: %s\n", what)
+	fmt.Fprintf(w, "bench: [%s] %s\n", time.Since(started).Round(time.Second), what)
 }
 
 func loadAvg() string {
