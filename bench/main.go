@@ -42,6 +42,7 @@ type options struct {
 	expiryLifetime time.Duration
 	expiryWindow   time.Duration
 	runs           map[int]bool
+	scale          scaleOptions
 }
 
 func main() {
@@ -56,40 +57,17 @@ func main() {
 	}
 }
 
+// demoArgs start the demo on ports of its own.
+var demoArgs = []string{"demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}
+
+// lastRun is the number of the last run: 1-6 are `make bench`, 7-10 the
+// scaling runs of `make bench-scale`.
+const lastRun = 10
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var o options
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.bin, "bin", "../bin/tokenvend", "the tokenvend binary to measure")
-	fs.IntVar(&o.concurrency, "c", 50, "concurrent callers in the load runs")
-	fs.IntVar(&o.connections, "connections", 1, "gRPC connections the load runs' callers share (ghz)")
-	fs.DurationVar(&o.duration, "d", 10*time.Second, "measured time of each side of a pair (call and floor)")
-	fs.IntVar(&o.rounds, "rounds", 10, "each side's time is split into this many slices, alternating call and floor")
-	fs.DurationVar(&o.warm, "warm", time.Second, "warm-up of each side before it is measured")
-	cold := fs.String("cold", "1,100,1000", "cold-start burst sizes: concurrent callers on a cold key")
-	fs.DurationVar(&o.expiryLifetime, "expiry-lifetime", 20*time.Second, "token lifetime in the expiry run (refreshed at half of it)")
-	fs.DurationVar(&o.expiryWindow, "expiry-window", 3*time.Second, "length of each window of the expiry run")
-	runs := fs.String("runs", "1,2,3,4,5,6", "which of the runs to do")
-	if err := fs.Parse(args); err != nil {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
 		return err
-	}
-	o.runs = map[int]bool{}
-	for _, f := range strings.Split(*runs, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 6 {
-			return fmt.Errorf("-runs: %q is not a run (1 to 6)", f)
-		}
-		o.runs[n] = true
-	}
-	for _, f := range strings.Split(*cold, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-cold: %q is not a number of callers", f)
-		}
-		o.cold = append(o.cold, n)
-	}
-	if o.rounds < 1 || o.concurrency < 1 || o.connections < 1 {
-		return errors.New("-rounds, -c and -connections must be at least 1")
 	}
 
 	began := time.Now()
@@ -101,9 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "bench: measuring %s (%s) on %d CPUs; this takes about %s\n", o.bin, bi.GoVersion, runtime.NumCPU(), o.estimate().Round(10*time.Second))
 
 	t := &table{}
-	demo := func() (*server, error) {
-		return startServer(o.bin, "demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
-	}
+	demo := func() (*server, error) { return startServer(o.bin, demoArgs...) }
 
 	logins := -1.0
 	if o.runs[1] || o.runs[2] || o.runs[3] || o.runs[6] {
@@ -114,13 +90,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.runs[4] {
 		for _, n := range o.cold {
 			progress(stderr, fmt.Sprintf("4. cold start, %d callers", n))
-			r, err := coldStart(ctx, demo, "kyc", n)
+			r, err := coldStart(ctx, demo, []*tokenvendv1.GetTokenRequest{{Provider: "kyc"}}, n)
 			if err != nil {
 				return fmt.Errorf("run 4 (%d callers): %w", n, err)
 			}
-			t.cold(r)
+			t.cold("4", r)
 		}
-		t.note("4: each burst on a fresh demo process; logins read from tokenvend_logins_total before and after; the time runs from the burst's release to the last answer.")
+		t.note("4: each burst on a fresh demo process; logins read from tokenvend_logins_total before and after; the time runs from the burst's release to the last answer; the baseline is the same burst again, on the cached key.")
 	}
 	if o.runs[5] {
 		progress(stderr, "5. across an expiry")
@@ -129,6 +105,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("run 5: %w", err)
 		}
 		t.expiry(e)
+	}
+	if err := o.scaling(ctx, stderr, t, demo); err != nil {
+		return err
 	}
 	t.sort()
 
@@ -139,11 +118,66 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "; the demo's kyc upstream logged in %.0f time(s) during runs 1-3", logins)
 	}
 	fmt.Fprintln(stdout)
-	fmt.Fprintf(stdout, "- load: %d concurrent callers; gRPC with ghz %s over %d connection(s), REST with a Go keep-alive HTTP loop; each side %s in %d alternating slices after a %s warm-up\n\n",
-		o.concurrency, ghzVersion(), o.connections, o.duration, o.rounds, o.warm)
+	if o.runs[1] || o.runs[2] || o.runs[3] || o.runs[5] {
+		fmt.Fprintf(stdout, "- load: %d concurrent callers; gRPC with ghz %s over %d connection(s), REST with a Go keep-alive HTTP loop; each side %s in %d alternating slices after a %s warm-up\n\n",
+			o.concurrency, ghzVersion(), o.connections, o.duration, o.rounds, o.warm)
+	} else {
+		fmt.Fprintf(stdout, "- load: gRPC with ghz %s; each side of a pair %s in %d alternating slices after a %s warm-up\n\n", ghzVersion(), o.duration, o.rounds, o.warm)
+	}
 	t.write(stdout)
 	fmt.Fprintf(stdout, "\nwhole run: %s\n", time.Since(began).Round(100*time.Millisecond))
 	return nil
+}
+
+// parseFlags reads the command line into options.
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	var err error
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.bin, "bin", "../bin/tokenvend", "the tokenvend binary to measure")
+	fs.IntVar(&o.concurrency, "c", 50, "concurrent callers in the load runs")
+	fs.IntVar(&o.connections, "connections", 1, "gRPC connections the load runs' callers share (ghz)")
+	fs.DurationVar(&o.duration, "d", 10*time.Second, "measured time of each side of a pair (call and floor)")
+	fs.IntVar(&o.rounds, "rounds", 10, "each side's time is split into this many slices, alternating call and floor")
+	fs.DurationVar(&o.warm, "warm", time.Second, "warm-up of each side before it is measured")
+	cold := fs.String("cold", "1,100,1000", "cold-start burst sizes: concurrent callers on a cold key")
+	fs.DurationVar(&o.expiryLifetime, "expiry-lifetime", 20*time.Second, "token lifetime in the expiry run (refreshed at half of it)")
+	fs.DurationVar(&o.expiryWindow, "expiry-window", 3*time.Second, "length of each window of the expiry run")
+	runs := fs.String("runs", "1,2,3,4,5,6", "which of the runs to do (7 to 10: the scaling runs)")
+	scale := fs.Bool("scale", false, "do the scaling runs (7 to 10) instead: the same as -runs 7,8,9,10")
+	scaleCallers := fs.String("scale-callers", "1,10,100,1000", "run 7: concurrent callers at each step")
+	fs.IntVar(&o.scale.idleConns, "idle-conns", 10000, "run 8: idle gRPC connections held open")
+	fs.IntVar(&o.scale.keys, "keys", 10000, "run 9: cached keys (scopes of one insly provider)")
+	fs.IntVar(&o.scale.coldCallers, "cold-callers", 10000, "run 10: callers at once on cold keys")
+	fs.IntVar(&o.scale.coldKeys, "cold-keys", 100, "run 10: the cold keys those callers spread over")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if *scale {
+		*runs = "7,8,9,10"
+	}
+	o.runs = map[int]bool{}
+	for _, f := range strings.Split(*runs, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > lastRun {
+			return o, fmt.Errorf("-runs: %q is not a run (1 to %d)", f, lastRun)
+		}
+		o.runs[n] = true
+	}
+	if o.cold, err = counts(*cold); err != nil {
+		return o, fmt.Errorf("-cold: %w", err)
+	}
+	if o.scale.callers, err = counts(*scaleCallers); err != nil {
+		return o, fmt.Errorf("-scale-callers: %w", err)
+	}
+	if o.scale.idleConns < 1 || o.scale.keys < 1 || o.scale.coldKeys < 1 || o.scale.coldCallers < o.scale.coldKeys {
+		return o, errors.New("-idle-conns, -keys and -cold-keys must be at least 1, and -cold-callers at least -cold-keys")
+	}
+	if o.rounds < 1 || o.concurrency < 1 || o.connections < 1 {
+		return o, errors.New("-rounds, -c and -connections must be at least 1")
+	}
+	return o, nil
 }
 
 // steady runs 1-3 and 6 on one demo server, warmed by a first GetToken
@@ -240,7 +274,20 @@ func (o options) estimate() time.Duration {
 	if o.runs[5] {
 		d += o.expiryLifetime/2 + 2*o.expiryWindow + o.warm
 	}
-	return d
+	return d + o.scale.estimate(o)
+}
+
+// counts parses a comma-separated list of positive numbers.
+func counts(list string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // loginIDRequest finds the loginid provider through ListProviders and
@@ -266,8 +313,12 @@ func loginIDRequest(ctx context.Context, c tokenvendv1.TokenServiceClient) (*tok
 	return nil, "no loginid provider", nil
 }
 
+// started is when the harness started, for the progress lines.
+var started = time.Now()
+
+// progress says what the harness is doing, and how long it has run.
 func progress(w io.Writer, what string) {
-	fmt.Fprintf(w, "bench: %s\n", what)
+	fmt.Fprintf(w, "bench: [%s] %s\n", time.Since(started).Round(time.Second), what)
 }
 
 func loadAvg() string {

@@ -41,6 +41,12 @@ const logLimit = 64 << 20
 // and waits for its "tokenvend serving" log line, which names the
 // addresses it listens on.
 func startServer(bin string, args ...string) (*server, error) {
+	return startServerEnv(nil, bin, args...)
+}
+
+// startServerEnv is startServer with env ("KEY=value") added to the
+// server's environment.
+func startServerEnv(env []string, bin string, args ...string) (*server, error) {
 	log, err := os.CreateTemp("", "tokenvend-bench-*.log")
 	if err != nil {
 		return nil, err
@@ -55,7 +61,7 @@ func startServer(bin string, args ...string) (*server, error) {
 	}
 	defer stderr.Close()
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=") // as `make run`: no tracing
+	cmd.Env = append(append(os.Environ(), "OTEL_TRACES_EXPORTER="), env...) // as `make run`: no tracing
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		log.Close()
