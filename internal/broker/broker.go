@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -90,7 +89,10 @@ type Broker struct {
 
 type provider struct {
 	Provider
-	cache *token.Cache // nil for single-use providers
+	// allowedSet holds Scopes.Allowed: a provider may list thousands of
+	// scopes, and every request is checked against them.
+	allowedSet map[string]struct{}
+	cache      *token.Cache // nil for single-use providers
 	// retired is set once a reload no longer serves this provider (see
 	// Next): its cache's holds then no longer speak for the name.
 	retired atomic.Bool
@@ -112,7 +114,10 @@ func New(ps []Provider, o token.Options, onHold func(provider string, held bool)
 
 // newProvider builds p with its cache, unless p is single-use.
 func newProvider(p Provider, o token.Options, onHold func(provider string, held bool)) *provider {
-	bp := &provider{Provider: p}
+	bp := &provider{Provider: p, allowedSet: make(map[string]struct{}, len(p.Scopes.Allowed))}
+	for _, s := range p.Scopes.Allowed {
+		bp.allowedSet[s] = struct{}{}
+	}
 	if !p.SingleUse {
 		co := o
 		co.Provider, co.Kind = p.Name, p.Kind
@@ -284,14 +289,31 @@ func (b *Broker) check(r Request) (*provider, string, error) {
 	case scope == "" && len(p.Scopes.Allowed) == 0:
 		return p, "", nil
 	case scope == "":
-		return nil, "", invalid(ReasonInvalidScope, fmt.Sprintf("provider %q needs a scope: one of %s", p.Name, strings.Join(p.Scopes.Allowed, ", ")))
-	case scope == p.Scopes.Default || slices.Contains(p.Scopes.Allowed, scope):
+		return nil, "", invalid(ReasonInvalidScope, fmt.Sprintf("provider %q needs a scope: one of %s", p.Name, listed(p.Scopes.Allowed)))
+	case scope == p.Scopes.Default || p.allows(scope):
 		return p, scope, nil
 	case len(p.Scopes.Allowed) == 0 && p.Scopes.Default == "":
 		return nil, "", denied(fmt.Sprintf("provider %q takes no scope: leave scope empty", p.Name))
 	default:
-		return nil, "", denied(fmt.Sprintf("provider %q does not allow scope %q; allowed: %s", p.Name, scope, strings.Join(p.allowed(), ", ")))
+		return nil, "", denied(fmt.Sprintf("provider %q does not allow scope %q; allowed: %s", p.Name, scope, listed(p.allowed())))
 	}
+}
+
+func (p *provider) allows(scope string) bool {
+	_, ok := p.allowedSet[scope]
+	return ok
+}
+
+// maxListed bounds the scopes an error message lists: a provider may have
+// thousands, and a refused request must not cost a long answer.
+const maxListed = 20
+
+// listed joins scopes for a message, the first maxListed of them.
+func listed(scopes []string) string {
+	if len(scopes) <= maxListed {
+		return strings.Join(scopes, ", ")
+	}
+	return fmt.Sprintf("%s and %d more (ListProviders lists them)", strings.Join(scopes[:maxListed], ", "), len(scopes)-maxListed)
 }
 
 func invalid(reason, msg string) error {

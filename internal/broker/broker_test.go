@@ -464,3 +464,29 @@ func TestMintFailureIsLogged(t *testing.T) {
 		t.Errorf("log: got %q, want the cause", buf.String())
 	}
 }
+
+// TestManyScopes: a provider listing thousands of scopes answers each at
+// once, and a refusal lists a bounded number of them, not all.
+func TestManyScopes(t *testing.T) {
+	t.Parallel()
+	scopes := make([]string, 10000)
+	for i := range scopes {
+		scopes[i] = fmt.Sprintf("scope-%05d", i)
+	}
+	src := &fakeSource{name: "p", now: time.Now, lifetime: time.Hour}
+	b := broker.New([]broker.Provider{{Name: "p", Kind: "fake", Source: src, Scopes: broker.Scopes{Allowed: scopes}}},
+		token.Options{}, nil)
+	if _, err := b.Token(context.Background(), broker.Request{Provider: "p", Scope: scopes[9999]}); err != nil {
+		t.Fatalf("the last of 10,000 scopes: %v", err)
+	}
+	for _, r := range []broker.Request{{Provider: "p", Scope: "nope"}, {Provider: "p"}} {
+		_, err := b.Token(context.Background(), r)
+		var e *token.Error
+		if !errors.As(err, &e) {
+			t.Fatalf("%+v: got %v, want a refusal", r, err)
+		}
+		if len(e.Message) > 1000 || !strings.Contains(e.Message, "and 9980 more") {
+			t.Errorf("%+v: message of %d bytes (%.80s...), want at most 1000 naming how many more", r, len(e.Message), e.Message)
+		}
+	}
+}
