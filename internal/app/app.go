@@ -132,7 +132,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	hc := &http.Client{
 		// Upstreams are third parties: they get no trace context and no
 		// caller's baggage (an empty propagator injects nothing).
-		Transport: otelhttp.NewTransport(http.DefaultTransport,
+		Transport: otelhttp.NewTransport(upstreamTransport(),
 			otelhttp.WithTracerProvider(a.tel.Tracer), otelhttp.WithMeterProvider(a.tel.Meter),
 			otelhttp.WithPropagators(propagation.NewCompositeTextMapPropagator())),
 		// A login is never followed elsewhere: a 307 would re-post the
@@ -405,4 +405,14 @@ func (a *App) close() {
 	if a.proxy != nil {
 		_ = a.proxy.ln.Close()
 	}
+}
+
+// upstreamTransport is the transport of upstream logins: Go's default,
+// keeping more idle connections per upstream than its 2, so that logins of
+// many keys at once (a cold start, a wave of refreshes) reuse connections
+// instead of each paying a new TCP and TLS handshake.
+func upstreamTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	return t
 }
