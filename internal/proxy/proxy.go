@@ -369,23 +369,34 @@ func (c *call) keepBody(r *http.Request) error {
 
 // readHead reads body up to maxReplayBody+1 bytes: a small buffer first,
 // then, for a body that goes on, one of the full size (growing one step at
-// a time would allocate twice that).
+// a time would allocate twice that). Only io.EOF ends the body: a chunked
+// body cut short (io.ErrUnexpectedEOF) is an error, never a shorter body.
 func readHead(body io.Reader) ([]byte, error) {
 	head := make([]byte, 16<<10)
-	n, err := io.ReadFull(body, head)
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		return head[:n], nil
-	}
-	if err != nil {
-		return nil, err
+	n, err := fill(body, head)
+	if err != nil || n < len(head) {
+		return head[:n], err
 	}
 	full := make([]byte, maxReplayBody+1)
 	copy(full, head)
-	m, err := io.ReadFull(body, full[n:])
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		err = nil
-	}
+	m, err := fill(body, full[n:])
 	return full[:n+m], err
+}
+
+// fill reads into buf until it is full or r ends (io.EOF, not an error).
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 var errBodyUnreadable = &requestError{status: http.StatusBadRequest, reason: ReasonBodyUnreadable,

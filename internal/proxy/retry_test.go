@@ -1,8 +1,11 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -220,5 +223,34 @@ func TestReloginRefused(t *testing.T) {
 	}
 	if n := len(e.requests()); n != 1 {
 		t.Errorf("upstream got %d requests, want 1", n)
+	}
+}
+
+// TestTruncatedChunkedBody: a chunked body the caller cuts short is
+// refused (400 BODY_UNREADABLE), never sent on as a shorter, complete one.
+func TestTruncatedChunkedBody(t *testing.T) {
+	t.Parallel()
+	up := startKYC(t)
+	e := startEcho(t, nil)
+	p := startProxy(t, newVendor(t, up), block("kyc", e.url, ""), false)
+	conn, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "POST /kyc/x HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly-half", p.addr); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.(*net.TCPConn).CloseWrite()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(proxy.ErrorHeader) != proxy.ReasonBodyUnreadable {
+		t.Errorf("got %d %q, want 400 %s", resp.StatusCode, resp.Header.Get(proxy.ErrorHeader), proxy.ReasonBodyUnreadable)
+	}
+	if n := len(e.requests()); n != 0 {
+		t.Errorf("upstream got %d requests, want none", n)
 	}
 }
