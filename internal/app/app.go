@@ -175,7 +175,8 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	}
 	b := broker.New(providers, a.cacheOptions(cfg.Cache), a.providerHeld)
 	policy := newPolicy(cfg)
-	if a.srv, err = server.New(b, policy, o.Log, audit.New(o.Audit), a.tel.Meter.Meter("tokenvend")); err != nil {
+	auditLog := audit.New(o.Audit) // GetToken's lines and the proxy's, in one stream
+	if a.srv, err = server.New(b, policy, o.Log, auditLog, a.tel.Meter.Meter("tokenvend")); err != nil {
 		return nil, err
 	}
 	var tlsCfg *tls.Config
@@ -261,7 +262,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 	if cfg.Server.ProxyAddr != "" {
 		// Proxy mode keeps the start config's callers and proxy blocks
 		// until a restart.
-		if a.proxy, err = a.newProxyPort(a.srv, policy, o.Log, tlsCfg); err != nil {
+		if a.proxy, err = a.newProxyPort(a.srv, policy, o.Log, auditLog, tlsCfg); err != nil {
 			return nil, err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 
+	"github.com/tokenvend/tokenvend/internal/audit"
 	"github.com/tokenvend/tokenvend/internal/auth"
 	"github.com/tokenvend/tokenvend/internal/proxy"
 	"github.com/tokenvend/tokenvend/internal/server"
@@ -19,11 +20,12 @@ type proxyPort struct {
 }
 
 // newProxyPort builds proxy mode over srv's GetToken and InvalidateToken
-// paths and binds its listener: TLS as the other ports, the Host check
+// paths, its audit lines written to auditLog (srv's writer), and binds its
+// listener: TLS as the other ports, the Host check
 // without callers (a web page could rebind its name to 127.0.0.1 here as
 // well), and Connection: close while stopping.
-func (a *App) newProxyPort(srv *server.Server, policy *auth.Policy, log *slog.Logger, tlsCfg *tls.Config) (*proxyPort, error) {
-	o := proxy.Options{Policy: policy, Log: log, Meter: a.tel.Meter.Meter("tokenvend"), Propagators: a.tel.Propagators}
+func (a *App) newProxyPort(srv *server.Server, policy *auth.Policy, log *slog.Logger, auditLog *audit.Writer, tlsCfg *tls.Config) (*proxyPort, error) {
+	o := proxy.Options{Policy: policy, Log: log, Audit: auditLog, Meter: a.tel.Meter.Meter("tokenvend"), Propagators: a.tel.Propagators}
 	if a.tel.Tracing {
 		o.Tracer = a.tel.Tracer
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/tokenvend/tokenvend/internal/audit"
 	"github.com/tokenvend/tokenvend/internal/auth"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/proxy"
@@ -26,7 +27,7 @@ func BenchmarkKYCResource(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	px, err := proxy.New(cfg.Providers, v, proxy.Options{Policy: auth.New(nil), Log: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	px, err := proxy.New(cfg.Providers, v, proxy.Options{Policy: auth.New(nil), Log: slog.New(slog.NewJSONHandler(io.Discard, nil)), Audit: audit.New(io.Discard)})
 	if err != nil {
 		b.Fatal(err)
 	}

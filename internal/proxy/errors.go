@@ -119,7 +119,7 @@ func answer(err error, provider string) (status int, body errorBody, retryAfter 
 
 // fail answers the request with err, unless the caller has gone.
 func (p *Proxy) fail(w http.ResponseWriter, c *call, err error) {
-	status, body, retryAfter := answer(err, c.req.Provider)
+	status, body, retryAfter := answer(err, broker.Shown(broker.Request{Provider: c.req.Provider}).Provider)
 	c.status, c.reason = status, body.Reason
 	if status == statusClientClosed {
 		return

@@ -22,6 +22,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/tokenvend/tokenvend/internal/audit"
 	"github.com/tokenvend/tokenvend/internal/auth"
 	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/config"
@@ -183,8 +184,16 @@ func startProxy(t testing.TB, v proxy.Vendor, providersYAML string, callers bool
 	return startProxyFor(t, v, cfg.Providers, callers)
 }
 
-// startProxyFor serves a proxy for configured providers.
+// startProxyFor serves a proxy for configured providers; its audit lines
+// go to its logs.
 func startProxyFor(t testing.TB, v proxy.Vendor, providers []config.Provider, callers bool) *running {
+	t.Helper()
+	return startProxyAudited(t, v, providers, callers, nil)
+}
+
+// startProxyAudited is startProxyFor with the audit lines written to
+// auditSink (nil: the logs).
+func startProxyAudited(t testing.TB, v proxy.Vendor, providers []config.Provider, callers bool, auditSink io.Writer) *running {
 	t.Helper()
 	var cs []config.Caller
 	if callers {
@@ -199,9 +208,13 @@ func startProxyFor(t testing.TB, v proxy.Vendor, providers []config.Provider, ca
 	r := &running{logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter(), metrics: sdkmetric.NewManualReader()}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(r.spans))
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r.metrics))
+	if auditSink == nil {
+		auditSink = r.logs
+	}
 	p, err := proxy.New(providers, v, proxy.Options{
 		Policy: auth.New(cs),
 		Log:    slog.New(slog.NewJSONHandler(r.logs, nil)),
+		Audit:  audit.New(auditSink),
 		Meter:  mp.Meter("tokenvend"),
 		Tracer: tp,
 	})
@@ -331,6 +344,9 @@ func auditLines(t *testing.T, logs string) []map[string]any {
 	t.Helper()
 	var out []map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		if line == "" {
+			continue // no line at all
+		}
 		var m map[string]any
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			t.Fatalf("log line %q: %v", line, err)

@@ -2,6 +2,9 @@ package proxy_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -9,8 +12,10 @@ import (
 
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
 	"github.com/tokenvend/tokenvend/internal/proxy"
+	"github.com/tokenvend/tokenvend/internal/token"
 )
 
 // TestTimeout: an upstream that does not answer within proxy.timeout gets
@@ -46,13 +51,23 @@ func TestUpstreamFailures(t *testing.T) {
 	})
 	p := startProxy(t, newVendor(t, up), block("gone", closed.URL, "")+block("huge", huge.url, ""), false)
 	for _, name := range []string{"gone", "huge"} {
-		a := get(t, p.url+"/"+name+"/x")
+		a := get(t, p.url+"/"+name+"/x?api_key=query-secret")
 		if a.status != http.StatusBadGateway {
 			t.Errorf("%s: got %d %q, want 502", name, a.status, a.body)
 			continue
 		}
 		if _, reason, msg := errorOf(t, a); reason != proxy.ReasonUpstreamFailed || strings.Contains(msg, "127.0.0.1") {
 			t.Errorf("%s: got %s %q, want %s naming no address", name, reason, msg, proxy.ReasonUpstreamFailed)
+		}
+	}
+	// The log says which call failed and why, never the caller's query.
+	logs := p.logs.String()
+	if strings.Contains(logs, "query-secret") {
+		t.Errorf("the log holds the caller's query:\n%s", logs)
+	}
+	for _, want := range []string{`"provider":"gone"`, `"method":"GET"`, `"path":"/x"`, `"error":"dial tcp`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log has no %s:\n%s", want, logs)
 		}
 	}
 }
@@ -166,4 +181,116 @@ func TestTelemetry(t *testing.T) {
 	if server != 3 || client != 2 {
 		t.Errorf("got %d server and %d client spans, want 3 and 2", server, client)
 	}
+}
+
+// TestCallerFieldsShownBounded: a provider name, scope or subject of many
+// kilobytes reaches the audit line, its span event and the error body as
+// GetToken shows it (broker.Shown): an excerpt with its length, so no
+// caller, identified or not, can write kilobytes a line.
+func TestCallerFieldsShownBounded(t *testing.T) {
+	t.Parallel()
+	up := startKYC(t)
+	v := newVendor(t, up)
+	v.fail = func(string, proxy.Request) error {
+		return &token.Error{Kind: token.KindInvalid, Reason: "INVALID_SCOPE", Message: "scope is malformed"}
+	}
+	p := startProxy(t, v, block("kyc", up.url, ""), false)
+	long := strings.Repeat("x", 15<<10)
+	a := get(t, p.url+"/"+long+"/x")
+	if _, reason, msg := errorOf(t, a); a.status != http.StatusNotFound || reason != proxy.ReasonProviderNotFound || len(msg) > 300 {
+		t.Errorf("long provider: got %d %s %q, want 404 %s with a short message", a.status, reason, msg, proxy.ReasonProviderNotFound)
+	}
+	a = get(t, p.url+"/kyc/x", proxy.ScopeHeader, long, proxy.SubjectHeader, long)
+	if a.status != http.StatusBadRequest || len(a.body) > 300 {
+		t.Errorf("long scope and subject: got %d %q, want a short 400", a.status, a.body)
+	}
+
+	lines := auditLines(t, p.logs.String())
+	if len(lines) != 2 {
+		t.Fatalf("got %d audit lines, want 2", len(lines))
+	}
+	for i, field := range []string{"provider", "scope"} {
+		if s, _ := lines[i][field].(string); !strings.Contains(s, "[15360 bytes]") || len(s) > 64 {
+			t.Errorf("audit line %d: got %s %q, want an excerpt giving its length", i, field, s)
+		}
+	}
+	if s, _ := lines[1]["subject"].(string); !strings.Contains(s, "[15360 bytes]") || len(s) > 64 {
+		t.Errorf("got subject %q, want an excerpt giving its length", s)
+	}
+	for _, line := range strings.Split(p.logs.String(), "\n") {
+		if len(line) > 1<<10 {
+			t.Errorf("a log line of %d bytes: %.200s...", len(line), line)
+		}
+	}
+	events := 0
+	for _, s := range p.spans.GetSpans() {
+		for _, ev := range s.Events {
+			if ev.Name != "tokenvend.proxy.audit" {
+				continue
+			}
+			events++
+			for _, a := range ev.Attributes {
+				if len(a.Value.Emit()) > 64 {
+					t.Errorf("span event attribute %s: %d bytes, want an excerpt", a.Key, len(a.Value.Emit()))
+				}
+			}
+		}
+	}
+	if events != 2 {
+		t.Errorf("got %d audit span events, want 2", events)
+	}
+}
+
+// failingSink is an audit sink that refuses every write.
+type failingSink struct{}
+
+func (failingSink) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+// TestAuditWriter: the proxy's audit line goes to the audit writer (the
+// service's audit stream), not to the log; a sink that fails is reported
+// on the log at error level, while the answer, gone already, stands.
+func TestAuditWriter(t *testing.T) {
+	t.Parallel()
+	up := startKYC(t)
+	url := "/kyc" + kycsim.ResourcePath
+
+	auditSink := &syncBuffer{}
+	p := startProxyAudited(t, newVendor(t, up), startProxyConfig(t, block("kyc", up.url, "")), false, auditSink)
+	if a := get(t, p.url+url); a.status != http.StatusOK {
+		t.Fatalf("got %d %q, want 200", a.status, a.body)
+	}
+	if n := len(auditLines(t, auditSink.String())); n != 1 {
+		t.Errorf("got %d proxy audit lines in the audit stream, want 1:\n%s", n, auditSink.String())
+	}
+	if strings.Contains(p.logs.String(), "proxy audit") {
+		t.Errorf("the proxy audit line went to the log:\n%s", p.logs.String())
+	}
+
+	p = startProxyAudited(t, newVendor(t, up), startProxyConfig(t, block("kyc", up.url, "")), false, failingSink{})
+	if a := get(t, p.url+url); a.status != http.StatusOK {
+		t.Fatalf("with a failing audit sink: got %d %q, want 200 (the answer has gone before the line)", a.status, a.body)
+	}
+	var failed bool
+	for _, line := range strings.Split(strings.TrimSpace(p.logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if m["level"] == "ERROR" && strings.Contains(fmt.Sprint(m["msg"]), "audit") && m["error"] == "disk full" && m["provider"] == "kyc" {
+			failed = true
+		}
+	}
+	if !failed {
+		t.Errorf("no error-level line reports the failing audit sink:\n%s", p.logs.String())
+	}
+}
+
+// startProxyConfig parses a providers block.
+func startProxyConfig(t *testing.T, providersYAML string) []config.Provider {
+	t.Helper()
+	cfg, err := config.Parse([]byte("providers:\n" + providersYAML))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	return cfg.Providers
 }

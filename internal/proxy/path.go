@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/tokenvend/tokenvend/internal/broker"
 )
 
 // split reads the provider's name and the path below it from the request
@@ -100,7 +102,8 @@ func (p *Proxy) unrouted(caller, name string) error {
 			msg: fmt.Sprintf("caller %q has no grant for this provider: ask for one", caller)}
 	}
 	return &requestError{status: http.StatusNotFound, reason: ReasonProviderNotFound,
-		msg: fmt.Sprintf("no provider named %q is proxied: a provider needs a proxy block with an upstream", name)}
+		msg: fmt.Sprintf("no provider named %q is proxied: a provider needs a proxy block with an upstream",
+			broker.Shown(broker.Request{Provider: name}).Provider)}
 }
 
 // readCloser is a request body over b; each call gives a fresh one.

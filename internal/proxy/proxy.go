@@ -14,6 +14,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -33,7 +34,9 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/tokenvend/tokenvend/internal/audit"
 	"github.com/tokenvend/tokenvend/internal/auth"
+	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/config"
 )
 
@@ -76,8 +79,16 @@ type Vendor interface {
 type Options struct {
 	// Policy identifies callers (auth.Policy.HTTP). Required.
 	Policy *auth.Policy
-	// Log receives the audit line of every proxied request.
+	// Log receives the proxy's own lines (a failed upstream call, an
+	// audit line that could not be written).
 	Log *slog.Logger
+	// Audit receives the audit line of every proxied request, in group
+	// commit with GetToken's (the service passes the Server's writer).
+	// Required. The line is written once the request is done, so after
+	// the upstream's answer has gone to the caller (the GetToken line of
+	// its credential is written before the call): a sink that fails then
+	// cannot fail the call, and is reported on Log at error level.
+	Audit *audit.Writer
 	// Meter records tokenvend.proxy.requests and tokenvend.proxy.duration.
 	Meter metric.Meter
 	// Tracer, when set, traces each proxied request (a server span) and
@@ -106,6 +117,7 @@ type Proxy struct {
 	vendor   Vendor
 	policy   *auth.Policy
 	log      *slog.Logger
+	audit    *audit.Writer
 	rp       *httputil.ReverseProxy
 	handler  http.Handler
 	requests metric.Int64Counter
@@ -129,13 +141,16 @@ func New(providers []config.Provider, v Vendor, o Options) (*Proxy, error) {
 	if o.Policy == nil {
 		return nil, errors.New("proxy: Options.Policy is required: it identifies callers")
 	}
+	if o.Audit == nil {
+		return nil, errors.New("proxy: Options.Audit is required: every proxied request is audited")
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	if o.Meter == nil {
 		o.Meter = metricnoop.NewMeterProvider().Meter("tokenvend")
 	}
-	p := &Proxy{routes: map[string]*route{}, vendor: v, policy: o.Policy, log: o.Log}
+	p := &Proxy{routes: map[string]*route{}, vendor: v, policy: o.Policy, log: o.Log, audit: o.Audit}
 	for _, cp := range providers {
 		if cp.Proxy == nil {
 			continue
@@ -316,11 +331,13 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, callKey{}, c)))
 }
 
-// keepBody reads a body of known length up to maxReplayBody into memory,
-// so that a refused call can be sent again; any other body streams (no
-// retry), so an upload costs no more memory than a copy buffer. A body of
-// unknown length (chunked) is not read ahead: waiting for a megabyte to
-// decide would stall a streaming upload.
+// keepBody keeps a body of at most maxReplayBody in memory, so that a
+// refused call can be sent again; a larger one streams (no retry), so an
+// upload costs no more memory than its first MiB and a copy buffer. A
+// body of known length is read in full when it fits and not at all when
+// it does not; one of unknown length (chunked) is read up to
+// maxReplayBody+1 bytes: ended within, it is kept; otherwise what was
+// read is sent first, then the rest as it comes.
 func (c *call) keepBody(r *http.Request) error {
 	switch {
 	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
@@ -328,14 +345,62 @@ func (c *call) keepBody(r *http.Request) error {
 	case r.ContentLength > 0 && r.ContentLength <= maxReplayBody:
 		c.body = make([]byte, r.ContentLength)
 		if _, err := io.ReadFull(r.Body, c.body); err != nil {
-			return &requestError{status: http.StatusBadRequest, reason: ReasonBodyUnreadable,
-				msg: "the request body could not be read in full"}
+			return errBodyUnreadable
 		}
 		c.replay = true
 		r.Body = readCloser(c.body)
+	case r.ContentLength < 0:
+		head, err := readHead(r.Body)
+		if err != nil {
+			return errBodyUnreadable
+		}
+		if len(head) <= maxReplayBody {
+			c.body, c.replay = head, true
+			r.Body = readCloser(head)
+			return nil
+		}
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(head), r.Body), r.Body}
 	}
 	return nil
 }
+
+// readHead reads body up to maxReplayBody+1 bytes: a small buffer first,
+// then, for a body that goes on, one of the full size (growing one step at
+// a time would allocate twice that). Only io.EOF ends the body: a chunked
+// body cut short (io.ErrUnexpectedEOF) is an error, never a shorter body.
+func readHead(body io.Reader) ([]byte, error) {
+	head := make([]byte, 16<<10)
+	n, err := fill(body, head)
+	if err != nil || n < len(head) {
+		return head[:n], err
+	}
+	full := make([]byte, maxReplayBody+1)
+	copy(full, head)
+	m, err := fill(body, full[n:])
+	return full[:n+m], err
+}
+
+// fill reads into buf until it is full or r ends (io.EOF, not an error).
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+var errBodyUnreadable = &requestError{status: http.StatusBadRequest, reason: ReasonBodyUnreadable,
+	msg: "the request body could not be read in full"}
 
 // rewrite sends the request to the route's upstream: path below its path,
 // the query as sent, the caller's own credentials and tokenvend's headers
@@ -425,13 +490,16 @@ func (p *Proxy) finish(ctx context.Context, r *http.Request, c *call, took time.
 	p.requests.Add(ctx, 1, attrs)
 	p.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("provider", provider)))
 
-	scope := c.req.Scope
+	// A caller's malformed fields are shown bounded, as GetToken's line
+	// shows them: an unidentified caller must not write 64 kB a line.
+	shown := broker.Request{Provider: c.req.Provider, Scope: c.req.Scope, Subject: c.req.Subject}
 	if c.cred.Scope != "" {
-		scope = c.cred.Scope
+		shown.Scope = c.cred.Scope
 	}
+	shown = broker.Shown(shown)
 	la := []slog.Attr{
-		slog.String("caller", c.caller), slog.String("provider", c.req.Provider),
-		slog.String("scope", scope), slog.String("subject", c.req.Subject),
+		slog.String("caller", c.caller), slog.String("provider", shown.Provider),
+		slog.String("scope", shown.Scope), slog.String("subject", shown.Subject),
 		slog.String("method", r.Method), slog.Int("status", c.status),
 		slog.Int("upstream_status", c.upstreamStatus), slog.Bool("retried", c.retried),
 	}
@@ -452,5 +520,12 @@ func (p *Proxy) finish(ctx context.Context, r *http.Request, c *call, took time.
 		}
 		span.AddEvent("tokenvend.proxy.audit", trace.WithAttributes(kvs...))
 	}
-	p.log.LogAttrs(ctx, slog.LevelInfo, "proxy audit", la...)
+	// Through the audit writer, as GetToken's line, so both land in the
+	// audit stream. The answer has gone: a failure can only be reported.
+	rec := slog.NewRecord(time.Now(), slog.LevelInfo, "proxy audit", 0)
+	rec.AddAttrs(la...)
+	if err := p.audit.Record(ctx, rec); err != nil {
+		p.log.ErrorContext(ctx, "the proxy audit line cannot be written: the proxied request went unaudited",
+			"provider", shown.Provider, "error", err.Error())
+	}
 }

@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"time"
+
+	"github.com/tokenvend/tokenvend/internal/broker"
 )
 
 // retrier is the ReverseProxy's Transport: it sends the call, and when the
@@ -28,16 +31,22 @@ func (e *vendFailure) Error() string { return e.err.Error() }
 func (t *retrier) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.next.RoundTrip(req)
 	c := callFrom(req.Context())
-	if err != nil || c == nil || !c.replay || !slices.Contains(c.route.retry, resp.StatusCode) {
+	if err != nil || c == nil || !slices.Contains(c.route.retry, resp.StatusCode) {
 		return resp, err
 	}
+	// The refused credential is reported whatever the body: the next
+	// call, this caller's or another's, must not be sent with it.
 	ctx := req.Context()
 	if _, err := t.p.vendor.Invalidate(ctx, c.caller, c.req, c.cred.AccessToken, resp.StatusCode); err != nil {
 		// Refused (rate limited, say): the upstream's answer stands.
 		// Its reason is logged, never its cause.
-		_, body, _ := answer(err, c.req.Provider)
-		t.p.log.WarnContext(ctx, "proxy: invalidate failed", "provider", c.req.Provider, "reason", body.Reason)
+		provider := broker.Shown(broker.Request{Provider: c.req.Provider}).Provider
+		_, body, _ := answer(err, provider)
+		t.p.log.WarnContext(ctx, "proxy: invalidate failed", "provider", provider, "reason", body.Reason)
 		return resp, nil
+	}
+	if !c.replay {
+		return resp, nil // the body has streamed: it cannot be sent again
 	}
 	cred, err := t.p.vendor.Vend(ctx, c.caller, c.req)
 	if err != nil {
@@ -79,10 +88,27 @@ func (p *Proxy) upstreamFailed(w http.ResponseWriter, r *http.Request, err error
 	case errors.Is(r.Context().Err(), context.Canceled):
 		err = context.Canceled
 	default:
-		// The cause names the upstream's address, never a credential.
-		p.log.WarnContext(r.Context(), "proxy: upstream call failed", slog.String("provider", c.req.Provider), slog.String("error", err.Error()))
+		p.logUpstreamFailure(r.Context(), r, c, err)
 		err = &requestError{status: http.StatusBadGateway, reason: ReasonUpstreamFailed,
 			msg: "the upstream could not be reached or did not answer usably"}
 	}
 	p.fail(w, c, err)
+}
+
+// logUpstreamFailure logs why the upstream call failed: the provider,
+// method and path, and the error without the URL a *url.Error carries,
+// whose query is the caller's and may hold anything (a key, a customer's
+// data). The rest of the cause names the upstream's address, never a
+// credential.
+func (p *Proxy) logUpstreamFailure(ctx context.Context, r *http.Request, c *call, err error) {
+	attrs := []slog.Attr{
+		slog.String("provider", broker.Shown(broker.Request{Provider: c.req.Provider}).Provider),
+		slog.String("method", r.Method), slog.String("path", join(c.route.path, c.path)),
+	}
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		attrs = append(attrs, slog.String("op", ue.Op))
+		err = ue.Err
+	}
+	attrs = append(attrs, slog.String("error", err.Error()))
+	p.log.LogAttrs(ctx, slog.LevelWarn, "proxy: upstream call failed", attrs...)
 }

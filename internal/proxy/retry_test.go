@@ -1,8 +1,11 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -72,15 +75,32 @@ func refusing(t *testing.T, up *kycUpstream, refusals int) *echo {
 	})
 }
 
-// TestRetryReplaysTheBody: a kept body (known length, at most 1 MiB) is
-// sent again in full with the retry.
+// TestRetryReplaysTheBody: a kept body (at most 1 MiB, its length known
+// or not: a chunked one is read ahead) is sent again in full with the
+// retry.
 func TestRetryReplaysTheBody(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		size int
+		body func(b []byte) io.Reader
+	}{
+		{"known length, 1 MiB", 1 << 20, func(b []byte) io.Reader { return bytes.NewReader(b) }},
+		{"chunked, 1 MiB", 1 << 20, func(b []byte) io.Reader { return io.MultiReader(bytes.NewReader(b)) }},
+		{"chunked, tiny", 16, func(b []byte) io.Reader { return io.MultiReader(bytes.NewReader(b)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testRetryReplaysTheBody(t, bytes.Repeat([]byte("0123456789abcdef"), tc.size/16), tc.body)
+		})
+	}
+}
+
+func testRetryReplaysTheBody(t *testing.T, body []byte, reader func([]byte) io.Reader) {
 	up := startKYC(t)
 	e := refusing(t, up, 1)
 	p := startProxy(t, newVendor(t, up), block("kyc", e.url, ""), false)
-	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // exactly 1 MiB
-	req, _ := http.NewRequest(http.MethodPut, p.url+"/kyc/upload", bytes.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, p.url+"/kyc/upload", reader(body))
 	if a := do(t, req); a.status != http.StatusOK || a.body != "ok" {
 		t.Fatalf("got %d %q, want 200 ok", a.status, a.body)
 	}
@@ -91,7 +111,7 @@ func TestRetryReplaysTheBody(t *testing.T) {
 	}
 	for i, b := range e.bodies {
 		if b != string(body) {
-			t.Errorf("request %d: upstream got %d bytes, want the 1 MiB body", i, len(b))
+			t.Errorf("request %d: upstream got %d bytes, want the %d sent", i, len(b), len(body))
 		}
 	}
 	if a, b := e.reqs[0].Header.Get("Authorization"), e.reqs[1].Header.Get("Authorization"); a == b {
@@ -120,9 +140,10 @@ func TestRetriedOnceOnly(t *testing.T) {
 }
 
 // TestNoRetry: the upstream's refusal comes back as it is, not retried,
-// when the body was not kept (too large, or of unknown length), when the
-// status is not a retry status, when retries are off, when Invalidate
-// refuses, and when the fresh credential is the refused one.
+// when the body was not kept (over 1 MiB, its length known or not: the
+// refused credential is invalidated all the same), when the status is not
+// a retry status, when retries are off, when Invalidate refuses, and when
+// the fresh credential is the refused one.
 func TestNoRetry(t *testing.T) {
 	t.Parallel()
 	big := bytes.Repeat([]byte("x"), 1<<20+1)
@@ -134,8 +155,8 @@ func TestNoRetry(t *testing.T) {
 		status      int
 		invalidates int
 	}{
-		{name: "body over 1 MiB", body: func() io.Reader { return bytes.NewReader(big) }, status: 401},
-		{name: "body of unknown length", body: func() io.Reader { return io.MultiReader(strings.NewReader("small")) }, status: 401},
+		{name: "body over 1 MiB", body: func() io.Reader { return bytes.NewReader(big) }, status: 401, invalidates: 1},
+		{name: "chunked body over 1 MiB", body: func() io.Reader { return io.MultiReader(bytes.NewReader(big)) }, status: 401, invalidates: 1},
 		{name: "status not listed", status: 403},
 		{name: "retries off", extra: "      retry_statuses: []\n", status: 401},
 		{name: "invalidate refused", invalidate: &token.Error{Kind: token.KindUnavailable, Reason: "RATE_LIMITED", Message: "later"}, status: 401, invalidates: 1},
@@ -171,8 +192,8 @@ func TestNoRetry(t *testing.T) {
 			}
 			if tc.body != nil {
 				e.mu.Lock()
-				if want := map[bool]int{true: len(big), false: len("small")}[tc.name == "body over 1 MiB"]; len(e.bodies[0]) != want {
-					t.Errorf("upstream got %d bytes, want %d", len(e.bodies[0]), want)
+				if !bytes.Equal([]byte(e.bodies[0]), big) {
+					t.Errorf("upstream got %d bytes, want the %d sent", len(e.bodies[0]), len(big))
 				}
 				e.mu.Unlock()
 			}
@@ -202,5 +223,34 @@ func TestReloginRefused(t *testing.T) {
 	}
 	if n := len(e.requests()); n != 1 {
 		t.Errorf("upstream got %d requests, want 1", n)
+	}
+}
+
+// TestTruncatedChunkedBody: a chunked body the caller cuts short is
+// refused (400 BODY_UNREADABLE), never sent on as a shorter, complete one.
+func TestTruncatedChunkedBody(t *testing.T) {
+	t.Parallel()
+	up := startKYC(t)
+	e := startEcho(t, nil)
+	p := startProxy(t, newVendor(t, up), block("kyc", e.url, ""), false)
+	conn, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "POST /kyc/x HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly-half", p.addr); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.(*net.TCPConn).CloseWrite()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(proxy.ErrorHeader) != proxy.ReasonBodyUnreadable {
+		t.Errorf("got %d %q, want 400 %s", resp.StatusCode, resp.Header.Get(proxy.ErrorHeader), proxy.ReasonBodyUnreadable)
+	}
+	if n := len(e.requests()); n != 0 {
+		t.Errorf("upstream got %d requests, want none", n)
 	}
 }

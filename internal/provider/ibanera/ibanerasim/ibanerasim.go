@@ -136,6 +136,7 @@ type Server struct {
 	loginAttempts atomic.Int64
 	failedLogins  atomic.Int64
 	logins        atomic.Int64
+	accountCalls  atomic.Int64
 }
 
 // account is a User plus its mutable login state, guarded by Server.mu.
@@ -223,6 +224,21 @@ func (s *Server) LoginAttempts() int64 { return s.loginAttempts.Load() }
 // FailedLogins returns how many login requests were answered with a rejection envelope
 // (status "0"), for any reason: validation, credentials, account state, otp or lock.
 func (s *Server) FailedLogins() int64 { return s.failedLogins.Load() }
+
+// Revoke ends the session of accessToken, as a logout or an administrator
+// would: the protected endpoint then refuses it with 401, as a token it
+// does not know. It reports whether the session existed.
+func (s *Server) Revoke(accessToken string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.sessions[accessToken]
+	delete(s.sessions, accessToken)
+	return ok
+}
+
+// AccountCalls returns the number of requests to the protected endpoint,
+// refused ones included.
+func (s *Server) AccountCalls() int64 { return s.accountCalls.Load() }
 
 // Logins returns how many logins succeeded.
 func (s *Server) Logins() int64 { return s.logins.Load() }
@@ -518,6 +534,7 @@ func newToken() string {
 // and a code valid now for the session's user in the otp header; otherwise it answers 401 with
 // every problem it found.
 func (s *Server) handleAccounts(w http.ResponseWriter, r *http.Request) {
+	s.accountCalls.Add(1)
 	now := s.now()
 	var errs []apiError
 	var key []byte

@@ -925,3 +925,23 @@ func TestSecretsNeverEchoed(t *testing.T) {
 		}
 	}
 }
+
+func TestRevoke(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Options{})
+	alice := f.mustLogin(t, "alice", "alice-pw", f.code(aliceSecret, 0))
+	headers := map[string]string{"Authorization": "Bearer " + alice, "otp": f.code(aliceSecret, 0)}
+	if a := f.accounts(t, headers); a.status != http.StatusOK {
+		t.Fatalf("before the revocation: got HTTP %d errors %v, want 200", a.status, a.Errors)
+	}
+	if !f.sim.Revoke(alice) {
+		t.Errorf("Revoke of a live session: got false, want true")
+	}
+	wantRejected(t, f.accounts(t, headers), http.StatusUnauthorized, apiError{fieldAuthorization, MsgTokenInvalid})
+	if f.sim.Revoke(alice) || f.sim.Revoke("nope") {
+		t.Errorf("Revoke of a dead or unknown session: got true, want false")
+	}
+	if got := f.sim.AccountCalls(); got != 2 {
+		t.Errorf("got AccountCalls %d, want 2 (the refused one included)", got)
+	}
+}

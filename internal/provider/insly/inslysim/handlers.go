@@ -297,6 +297,7 @@ type policiesAnswer struct {
 }
 
 func (s *Server) handlePolicies(w http.ResponseWriter, r *http.Request) {
+	s.policyCalls.Add(1)
 	unauthorized := func(msg string) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="insly"`)
 		writeError(w, http.StatusUnauthorized, CodeNotAuthorized, msg)
@@ -318,6 +319,13 @@ func (s *Server) handlePolicies(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		unauthorized("NotAuthorizedException: Invalid Access Token")
+		return
+	}
+	s.mu.Lock()
+	revoked := s.revoked[tok]
+	s.mu.Unlock()
+	if revoked {
+		unauthorized("NotAuthorizedException: Access Token has been revoked")
 		return
 	}
 	tenant, _ := claims[TenantClaim].(string)

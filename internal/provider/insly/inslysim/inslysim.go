@@ -136,12 +136,14 @@ type Server struct {
 	users     map[string]*user // by lower-cased e-mail
 	clients   map[string]Client
 	refresh   map[string]*refreshRecord
+	revoked   map[string]bool // access tokens revoked by Revoke
 	fault     Fault
 	faultLeft int           // requests the fault still affects, when fault.Times > 0
 	release   chan struct{} // closed by SetFault to release requests held by a Hang fault
 
 	logins, clientLogins, refreshes          atomic.Int64
 	loginAttempts, clientAttempts, refreshAt atomic.Int64
+	policyCalls                              atomic.Int64
 }
 
 type user struct {
@@ -173,6 +175,7 @@ func New(o Options) *Server {
 		users:      make(map[string]*user),
 		clients:    make(map[string]Client),
 		refresh:    make(map[string]*refreshRecord),
+		revoked:    make(map[string]bool),
 		release:    make(chan struct{}),
 	}
 	if s.tenant == "" {
@@ -276,6 +279,20 @@ func (s *Server) RevokeRefreshTokens() {
 		rec.revoked = true
 	}
 }
+
+// Revoke revokes one access token, as Cognito's GlobalSignOut or an
+// administrator does before the token expires: the protected endpoint
+// refuses it with 401 IDS10017 "Access Token has been revoked". Refresh
+// tokens stay valid (RevokeRefreshTokens revokes those).
+func (s *Server) Revoke(accessToken string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.revoked[accessToken] = true
+}
+
+// PolicyCalls returns the number of requests to the protected endpoint,
+// refused ones included.
+func (s *Server) PolicyCalls() int64 { return s.policyCalls.Load() }
 
 // Logins returns the number of successful password logins (a login answered
 // with a challenge is not one).

@@ -1184,3 +1184,23 @@ func TestNewRefusesInconsistentOptions(t *testing.T) {
 		})
 	}
 }
+
+func TestRevokeAccessToken(t *testing.T) {
+	t.Parallel()
+	f := start(t, nil)
+	revoked := f.login(t, email, password)
+	other := f.login(t, email, password)
+	f.sim.Revoke(revoked.AccessToken)
+	wantError(t, f.policies(t, "Bearer "+revoked.AccessToken, tenant), http.StatusUnauthorized, CodeNotAuthorized, "NotAuthorizedException: Access Token has been revoked")
+	if p := f.policies(t, "Bearer "+other.AccessToken, tenant); p.status != http.StatusOK {
+		t.Errorf("another access token of the same user: got %d, want 200", p.status)
+	}
+	// The refresh token outlives the revocation: it gives a working token.
+	again, _ := f.refresh(t, revoked.RefreshToken, cogUser).authResult(t)
+	if p := f.policies(t, "Bearer "+again.AccessToken, tenant); p.status != http.StatusOK {
+		t.Errorf("the refreshed access token: got %d, want 200", p.status)
+	}
+	if got := f.sim.PolicyCalls(); got != 3 {
+		t.Errorf("got PolicyCalls %d, want 3 (the refused one included)", got)
+	}
+}
