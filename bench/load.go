@@ -151,7 +151,10 @@ func grpcLoad(addr, call string, req proto.Message, connections int) load {
 
 // httpLoad is a closed loop of GETs on keep-alive connections, one per
 // caller: each caller sends its next request when the last one answered.
-func httpLoad(url string) load {
+func httpLoad(url string) load { return httpLoadHeaders(url, nil) }
+
+// httpLoadHeaders is httpLoad with header on every request.
+func httpLoadHeaders(url string, header http.Header) load {
 	return func(ctx context.Context, concurrency int, d time.Duration) (sample, error) {
 		tr := &http.Transport{MaxIdleConnsPerHost: concurrency, DisableCompression: true}
 		defer tr.CloseIdleConnections()
@@ -169,7 +172,7 @@ func httpLoad(url string) load {
 				s.latencies = make([]time.Duration, 0, 1<<14)
 				for !stop.Load() && ctx.Err() == nil {
 					t := time.Now()
-					err := get(ctx, hc, url)
+					err := get(ctx, hc, url, header)
 					if stop.Load() {
 						return // finished after the time was up: not counted
 					}
@@ -198,10 +201,13 @@ func httpLoad(url string) load {
 	}
 }
 
-func get(ctx context.Context, hc *http.Client, url string) error {
+func get(ctx context.Context, hc *http.Client, url string, header http.Header) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

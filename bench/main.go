@@ -16,6 +16,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime"
@@ -60,9 +62,9 @@ func main() {
 // demoArgs start the demo on ports of its own.
 var demoArgs = []string{"demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}
 
-// lastRun is the number of the last run: 1-6 are `make bench`, 7-10 the
-// scaling runs of `make bench-scale`.
-const lastRun = 10
+// lastRun is the number of the last run: 1-6 and 11 are `make bench`,
+// 7-10 the scaling runs of `make bench-scale`.
+const lastRun = 11
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
@@ -82,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	demo := func() (*server, error) { return startServer(o.bin, demoArgs...) }
 
 	logins := -1.0
-	if o.runs[1] || o.runs[2] || o.runs[3] || o.runs[6] {
+	if o.runs[1] || o.runs[2] || o.runs[3] || o.runs[6] || o.runs[11] {
 		if logins, err = o.steady(ctx, stderr, t, demo); err != nil {
 			return err
 		}
@@ -118,7 +120,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "; the demo's kyc upstream logged in %.0f time(s) during runs 1-3", logins)
 	}
 	fmt.Fprintln(stdout)
-	if o.runs[1] || o.runs[2] || o.runs[3] || o.runs[5] {
+	if o.runs[1] || o.runs[2] || o.runs[3] || o.runs[5] || o.runs[11] {
 		fmt.Fprintf(stdout, "- load: %d concurrent callers; gRPC with ghz %s over %d connection(s), REST with a Go keep-alive HTTP loop; each side %s in %d alternating slices after a %s warm-up\n\n",
 			o.concurrency, ghzVersion(), o.connections, o.duration, o.rounds, o.warm)
 	} else {
@@ -144,7 +146,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	cold := fs.String("cold", "1,100,1000", "cold-start burst sizes: concurrent callers on a cold key")
 	fs.DurationVar(&o.expiryLifetime, "expiry-lifetime", 20*time.Second, "token lifetime in the expiry run (refreshed at half of it)")
 	fs.DurationVar(&o.expiryWindow, "expiry-window", 3*time.Second, "length of each window of the expiry run")
-	runs := fs.String("runs", "1,2,3,4,5,6", "which of the runs to do (7 to 10: the scaling runs)")
+	runs := fs.String("runs", "1,2,3,4,5,6,11", "which of the runs to do (7 to 10: the scaling runs)")
 	scale := fs.Bool("scale", false, "do the scaling runs (7 to 10) instead: the same as -runs 7,8,9,10")
 	scaleCallers := fs.String("scale-callers", "1,10,100,1000", "run 7: concurrent callers at each step")
 	fs.IntVar(&o.scale.idleConns, "idle-conns", 10000, "run 8: idle gRPC connections held open")
@@ -239,6 +241,13 @@ func (o options) steady(ctx context.Context, stderr io.Writer, t *table, demo fu
 		}
 	}
 
+	if o.runs[11] {
+		progress(stderr, "11. a call to kyc's protected endpoint through the proxy vs made directly")
+		if err := proxyRun(ctx, srv, tokens, o, t); err != nil {
+			return 0, fmt.Errorf("run 11: %w", err)
+		}
+	}
+
 	if o.runs[1] || o.runs[2] || o.runs[3] {
 		t.note("1-3: the load generator shares the machine's %d CPUs with the server, and its cost per call grows with the answer (GetToken ~600 bytes, health 2): on a small machine it weighs on the requests/s ratio; the server CPU per call is the server's alone.", runtime.NumCPU())
 		t.note("1, 3: ghz decodes each reply into its generated Go type, as a caller with generated stubs does, rather than into a message built by reflection (see codec.go).")
@@ -263,7 +272,7 @@ func (o options) steady(ctx context.Context, stderr io.Writer, t *table, demo fu
 // estimate is how long a run takes, roughly.
 func (o options) estimate() time.Duration {
 	d := 2 * time.Second
-	for _, n := range []int{1, 2, 3} {
+	for _, n := range []int{1, 2, 3, 11} {
 		if o.runs[n] {
 			d += 2*o.warm + 2*o.duration
 		}
@@ -351,4 +360,36 @@ func ghzVersion() string {
 		}
 	}
 	return "?"
+}
+
+// proxyRun is run 11: the demo's kyc protected endpoint called through
+// proxy mode (which gets the credential and attaches it) against the same
+// call made directly with a credential got once: what the proxy costs on
+// top of the upstream.
+func proxyRun(ctx context.Context, srv *server, tokens tokenvendv1.TokenServiceClient, o options, t *table) error {
+	direct := srv.upstreams["kyc"]
+	if srv.proxyAddr == "" || direct == "" {
+		t.row("11", "proxied call vs direct", "n/a (the demo has no proxy port or no kyc upstream)", "", "", "")
+		return nil
+	}
+	u, err := url.Parse(direct)
+	if err != nil {
+		return err
+	}
+	resp, err := tokens.GetToken(ctx, &tokenvendv1.GetTokenRequest{Provider: "kyc"})
+	if err != nil {
+		return err
+	}
+	header := http.Header{}
+	for k, v := range resp.GetHeaders() {
+		header.Set(k, v)
+	}
+	proxied := "http://" + srv.proxyAddr + "/kyc" + u.RequestURI()
+	call, floor, err := pair(ctx, srv.pid(), httpLoad(proxied), httpLoadHeaders(direct, header), o.concurrency, o.warm, o.duration, o.rounds)
+	if err != nil {
+		return err
+	}
+	t.pair("11", "GET kyc's protected endpoint through the proxy vs directly with a GetToken'd credential", call, floor, false, 0, 0)
+	t.note("11: the server's CPU includes the demo's simulated upstream, which runs in its process; the proxied side adds a GetToken (with its audit line), the proxy's own audit line and a second HTTP hop.")
+	return nil
 }

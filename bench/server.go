@@ -23,11 +23,15 @@ type server struct {
 	cmd      *exec.Cmd
 	grpcAddr string
 	httpAddr string
-	exited   chan struct{}
-	waitErr  error
-	log      *os.File // what it writes to stderr (its log, an audit line per call)
-	done     chan struct{}
-	cleaned  sync.Once
+	// proxyAddr is proxy mode's address, "" when it is off; upstreams
+	// are the demo's protected endpoints, by provider.
+	proxyAddr string
+	upstreams map[string]string
+	exited    chan struct{}
+	waitErr   error
+	log       *os.File // what it writes to stderr (its log, an audit line per call)
+	done      chan struct{}
+	cleaned   sync.Once
 }
 
 // The server's log goes to a file that no one reads while it runs, as a
@@ -79,8 +83,8 @@ func startServerEnv(env []string, bin string, args ...string) (*server, error) {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if addrs, ok := s.serving(); ok {
-			s.grpcAddr, s.httpAddr = addrs[0], addrs[1]
+		if l, ok := s.serving(); ok {
+			s.grpcAddr, s.httpAddr, s.proxyAddr, s.upstreams = l.GRPCAddr, l.HTTPAddr, l.ProxyAddr, l.upstreams
 			return s, nil
 		}
 		select {
@@ -97,23 +101,41 @@ func startServerEnv(env []string, bin string, args ...string) (*server, error) {
 	}
 }
 
+// servingLine is the "tokenvend serving" log line, with the demo's
+// "demo upstream" lines before it.
+type servingLine struct {
+	GRPCAddr  string `json:"grpc_addr"`
+	HTTPAddr  string `json:"http_addr"`
+	ProxyAddr string `json:"proxy_addr"`
+	upstreams map[string]string
+}
+
 // serving looks for the "tokenvend serving" line in the log so far.
-func (s *server) serving() ([2]string, bool) {
+func (s *server) serving() (servingLine, bool) {
 	b, err := os.ReadFile(s.log.Name())
 	if err != nil {
-		return [2]string{}, false
+		return servingLine{}, false
 	}
+	upstreams := map[string]string{}
 	for _, line := range bytes.Split(b, []byte("\n")) {
 		var rec struct {
-			Msg      string `json:"msg"`
-			GRPCAddr string `json:"grpc_addr"`
-			HTTPAddr string `json:"http_addr"`
+			servingLine
+			Msg       string `json:"msg"`
+			Provider  string `json:"provider"`
+			Protected string `json:"protected_endpoint"`
 		}
-		if json.Unmarshal(line, &rec) == nil && rec.Msg == "tokenvend serving" {
-			return [2]string{rec.GRPCAddr, rec.HTTPAddr}, true
+		if json.Unmarshal(line, &rec) != nil {
+			continue
+		}
+		switch rec.Msg {
+		case "demo upstream":
+			upstreams[rec.Provider] = rec.Protected
+		case "tokenvend serving":
+			rec.servingLine.upstreams = upstreams
+			return rec.servingLine, true
 		}
 	}
-	return [2]string{}, false
+	return servingLine{}, false
 }
 
 // bound empties the log whenever it passes logLimit, until the server
