@@ -3,7 +3,6 @@ package app_test
 import (
 	"context"
 	"fmt"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"
 )
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"log/slog"
 	"net/http"
@@ -26,6 +25,7 @@ import (
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/app"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/config"
 )
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/demo"
 	"github.com/tokenvend/tokenvend/internal/provider/ibanera/ibanerasim"
 )

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/demo"
 	"github.com/tokenvend/tokenvend/internal/provider/identityx/identityxsim"
 )

@@ -3,7 +3,6 @@ package app_test
 import (
 	"context"
 	"fmt"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"maps"
 	"net/http"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/provider/insly/inslysim"
 )
 

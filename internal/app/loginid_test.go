@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net/http"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/app"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/demo"
 	"github.com/tokenvend/tokenvend/internal/provider/loginid/loginidsim"

@@ -2,11 +2,11 @@ package broker_test
 
 import (
 	"context"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"testing"
 	"time"
 
 	"github.com/tokenvend/tokenvend/internal/broker"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/token"
 )
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"maps"
 	"slices"
 	"strings"
@@ -14,6 +13,8 @@ import (
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 )
 
 // These tests live inside package token so that they can watch a login in

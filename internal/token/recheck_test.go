@@ -3,11 +3,12 @@ package token
 import (
 	"context"
 	"fmt"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 )
 
 // Tests of Token.CheckEvery (revocable tokens that never expire) and of

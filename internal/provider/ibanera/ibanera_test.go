@@ -3,7 +3,6 @@ package ibanera_test
 import (
 	"context"
 	"errors"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenvend/tokenvend/internal/broker"
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/provider/ibanera"
 	"github.com/tokenvend/tokenvend/internal/provider/ibanera/ibanerasim"
 	"github.com/tokenvend/tokenvend/internal/secret"

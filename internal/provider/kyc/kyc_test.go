@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"maps"
 	"net/http"
@@ -22,6 +21,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/provider/kyc"
 	"github.com/tokenvend/tokenvend/internal/provider/kyc/kycsim"

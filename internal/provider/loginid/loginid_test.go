@@ -15,7 +15,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"math/big"
 	"net/http"
 	"net/url"
@@ -30,6 +29,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/provider/loginid"
 	"github.com/tokenvend/tokenvend/internal/provider/loginid/loginidsim"

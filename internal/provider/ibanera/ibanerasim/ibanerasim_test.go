@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"maps"
 	"net/http"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 )
 
 const (

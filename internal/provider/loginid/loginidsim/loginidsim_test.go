@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 	"io"
 	"math/big"
 	"net/http"
@@ -23,6 +22,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/tokenvend/tokenvend/internal/clock/clocktest"
 )
 
 // start is the fake clock's initial time.
