@@ -29,7 +29,7 @@ import (
 // its callers' API keys would cross the network in the clear.
 func TestExampleConfigPassesCheck(t *testing.T) {
 	t.Parallel()
-	w := workload(t, render(t, overlayDir))
+	w := workload(t, render(t, overlayDir), secretExample)
 
 	dir := t.TempDir()
 	secrets := filepath.Join(dir, "secrets")

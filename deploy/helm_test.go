@@ -109,63 +109,10 @@ type chartPod struct {
 	*pod
 }
 
-// chartWorkload finds the tokenvend container, its config, its secrets and
-// its TLS Secret. The kustomize base's workload expects one secret volume;
-// the chart has two in tls mode, so the secrets volume is the one named
-// "secrets".
+// chartWorkload is the base's workload, with the chart's example Secret.
 func chartWorkload(t *testing.T, o *objects) *chartPod {
 	t.Helper()
-	if len(o.deployments) != 1 {
-		t.Fatalf("Deployments: got %d, want 1", len(o.deployments))
-	}
-	d := o.deployments[0]
-	w := &chartPod{pod: &pod{d: d, spec: &d.Spec.Template.Spec, labels: d.Spec.Template.Labels}}
-	for i := range w.spec.Containers {
-		if w.spec.Containers[i].Name == container {
-			w.c = &w.spec.Containers[i]
-		}
-	}
-	if w.c == nil {
-		t.Fatalf("Deployment %s: no container named %s", d.Name, container)
-	}
-	volumes := map[string]corev1.Volume{}
-	for _, v := range w.spec.Volumes {
-		volumes[v.Name] = v
-	}
-	for _, m := range w.c.VolumeMounts {
-		v, ok := volumes[m.Name]
-		switch {
-		case !ok:
-			t.Fatalf("volumeMounts %s: no such volume", m.Name)
-		case v.ConfigMap != nil:
-			for _, cm := range o.configMaps {
-				if cm.Name == v.ConfigMap.Name {
-					w.config, w.configMount = cm, m
-				}
-			}
-			if w.config == nil {
-				t.Fatalf("volume %s: ConfigMap %s is not in the rendering", v.Name, v.ConfigMap.Name)
-			}
-		case v.Secret != nil && v.Name == "secrets":
-			w.secret, w.secretMount = v.Secret, m
-		case v.Secret != nil && v.Name == tlsVolume:
-			w.tls, w.tlsMount = v.Secret, m
-		default:
-			t.Fatalf("volume %s: the checks know only the config, secrets and tls volumes", v.Name)
-		}
-	}
-	if w.config == nil || w.secret == nil {
-		t.Fatalf("container %s: got config volume %v and secret volume %v, want both mounted", container, w.config != nil, w.secret != nil)
-	}
-	if w.configText = w.config.Data[configKey]; w.configText == "" {
-		t.Fatalf("ConfigMap %s: no %s", w.config.Name, configKey)
-	}
-	var s corev1.Secret
-	if err := decodeStrict(readFile(t, chartSecretExample), &s); err != nil {
-		t.Fatalf("%s: %v", chartSecretExample, err)
-	}
-	w.exampleSecretKeys = s.StringData
-	return w
+	return &chartPod{pod: workload(t, o, chartSecretExample)}
 }
 
 // chartConfig is the part of the rendered config the transport checks read.

@@ -55,7 +55,7 @@ func TestManifests(t *testing.T) {
 			if len(o.secrets) != 0 {
 				t.Errorf("Secrets rendered: got %d, want 0 (create tokenvend-secrets out of band)", len(o.secrets))
 			}
-			w := workload(t, o)
+			w := workload(t, o, secretExample)
 			t.Run("Deployment", func(t *testing.T) { checkDeployment(t, w) })
 			t.Run("config", func(t *testing.T) { checkConfig(t, w) })
 			t.Run("Service", func(t *testing.T) { checkService(t, w, o) })
@@ -81,7 +81,7 @@ func TestOverlay(t *testing.T) {
 			t.Errorf("%s: namespace %q, want %q", m.GetName(), m.GetNamespace(), namespace)
 		}
 	}
-	image := workload(t, o).c.Image
+	image := workload(t, o, secretExample).c.Image
 	name, tag := image, ""
 	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
 		name, tag = image[:i], image[i+1:]
@@ -105,11 +105,14 @@ type pod struct {
 	tlsMount          corev1.VolumeMount
 	configText        string
 	exampleSecretKeys map[string]string
+	exampleSecretName string
 }
 
-// workload finds the tokenvend container, its config and its secret
-// volume, failing the test when the wiring between them is broken.
-func workload(t *testing.T, o *objects) *pod {
+// workload finds the tokenvend container, its config, its secret volume
+// (whose example, a Secret manifest, is the file example) and the servers'
+// TLS Secret if mounted, failing the test when the wiring between them is
+// broken.
+func workload(t *testing.T, o *objects, example string) *pod {
 	t.Helper()
 	if len(o.deployments) != 1 {
 		t.Fatalf("Deployments: got %d, want 1", len(o.deployments))
@@ -159,13 +162,10 @@ func workload(t *testing.T, o *objects) *pod {
 		t.Fatalf("ConfigMap %s: no %s", w.config.Name, configKey)
 	}
 	var s corev1.Secret
-	if err := decodeStrict(readFile(t, secretExample), &s); err != nil {
-		t.Fatalf("%s: %v", secretExample, err)
+	if err := decodeStrict(readFile(t, example), &s); err != nil {
+		t.Fatalf("%s: %v", example, err)
 	}
-	w.exampleSecretKeys = s.StringData
-	if s.Name != w.secret.SecretName {
-		t.Errorf("%s: name %q, want the mounted secret %q", secretExample, s.Name, w.secret.SecretName)
-	}
+	w.exampleSecretKeys, w.exampleSecretName = s.StringData, s.Name
 	return w
 }
 
@@ -380,6 +380,9 @@ func checkConfig(t *testing.T, w *pod) {
 		t.Errorf("preStop sleep %v + server.shutdown_timeout %v: not within terminationGracePeriodSeconds %v", preStop, drain, grace)
 	}
 
+	if w.exampleSecretName != w.secret.SecretName {
+		t.Errorf("the example Secret: name %q, want the mounted secret %q", w.exampleSecretName, w.secret.SecretName)
+	}
 	checkTLS(t, w, &cfg)
 	files, envs := secretRefs(t, w.configText)
 	if len(files) == 0 {
