@@ -34,6 +34,9 @@ type Provider struct {
 	// (see token.Cache.Keep), for credentials whose revocation must show
 	// in health. Ignored for SingleUse providers.
 	Keep bool
+	// Store, when set, is the state the provider's cache shares with the
+	// other replicas (token.Options.Store); nil keeps it in memory.
+	Store token.Store
 }
 
 // Scopes are a provider's scope rules.
@@ -105,6 +108,9 @@ func New(ps []Provider, o token.Options, onHold func(provider string, held bool)
 		if !p.SingleUse {
 			co := o
 			co.Provider, co.Kind = p.Name, p.Kind
+			if p.Store != nil {
+				co.Store = p.Store
+			}
 			if onHold != nil {
 				name := p.Name
 				co.OnHold = func(held bool) { onHold(name, held) }

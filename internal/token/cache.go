@@ -463,6 +463,11 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token,
 	}
 	switch {
 	case fh != nil:
+		if f.gone && prev != nil && prev.CheckEvery > 0 && e.tok == prev {
+			// Another replica's check of this token was rejected and it
+			// dropped the fleet's copy: this one is revoked too.
+			e.tok, e.refreshAt, e.refreshFailures = nil, time.Time{}, 0
+		}
 		err = c.fleetHoldLocked(now, fh.hold)
 	case err == nil:
 		c.proven = true

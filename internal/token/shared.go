@@ -36,6 +36,10 @@ type fetched struct {
 	// store did not say (no store, or it failed): the Cache then holds
 	// on its own count.
 	hold *Hold
+	// gone: the store had no token for the key when its lease was taken,
+	// so a revocable token being checked was dropped by the replica
+	// whose check the upstream rejected (see tombstone).
+	gone bool
 }
 
 // fleetHeld is the budget's refusal: the fleet's hold stands.
@@ -96,6 +100,7 @@ func (c *Cache) fetch(ctx context.Context, k Key, cl *call, prev *Token, prevFen
 			r.Previous = s
 		}
 		f := c.leased(ctx, k, cl, r, lease)
+		f.gone = lease.Stored.Token == nil
 		lease.Release()
 		return f
 	}
@@ -141,6 +146,9 @@ func (c *Cache) leased(ctx context.Context, k Key, cl *call, r Request, lease *L
 		f.hold = &h
 	}
 	if err != nil {
+		if r.Previous != nil && r.Previous.CheckEvery > 0 && KindOf(err) == KindRejected {
+			c.tombstone(ctx, k, lease.Fence)
+		}
 		return f
 	}
 	switch err := c.storeSave(ctx, k, Stored{Token: tok, Fence: lease.Fence}); {
@@ -154,6 +162,14 @@ func (c *Cache) leased(ctx context.Context, k Key, cl *call, r Request, lease *L
 		f.fence = lease.Fence
 	}
 	return f
+}
+
+// tombstone removes k's stored token: the upstream rejected its check, so
+// no replica may serve it any more. It is written as an expired token
+// under the lease's fence, which every store treats as a miss.
+func (c *Cache) tombstone(ctx context.Context, k Key, fence uint64) {
+	now := c.o.Now()
+	_ = c.storeSave(ctx, k, Stored{Token: &Token{IssuedAt: now, Expiry: now}, Fence: fence})
 }
 
 // admit asks the budget whether the login may send the credentials, and

@@ -828,3 +828,59 @@ func mustFinish(t *testing.T, c *ibanera.Client, tok *token.Token) *token.Token 
 	}
 	return out
 }
+
+// TestSharedFailuresAndSteps: replicas sharing a store (Share) count the
+// fleet's failed logins, not each their own: three replicas with a wrong
+// password send it DefaultSharedMaxFailedLogins times in all, below the
+// lockout; and two replicas logging in within one step never send the
+// same step's code.
+func TestSharedFailuresAndSteps(t *testing.T) {
+	t.Parallel()
+	t.Run("failures", func(t *testing.T) {
+		t.Parallel()
+		clk := newClock(stepStart)
+		sim, srv := startSim(t, clk, ibanerasim.Options{})
+		cfg := baseConfig(srv)
+		cfg.Password = secret.Literal("wrong")
+		shared := token.NewMemoryStore(clk.Now)
+		var replicas []*ibanera.Client
+		for range 3 {
+			c := newClient(t, cfg, srv, clk)
+			c.Share(shared, shared)
+			replicas = append(replicas, c)
+		}
+		for i := range 12 {
+			clk.Advance(ibanera.Step)
+			_, err := replicas[i%3].Token(context.Background(), token.Request{})
+			if token.KindOf(err) != token.KindRejected {
+				t.Fatalf("attempt %d: got %v, want a rejection", i, err)
+			}
+		}
+		if got := sim.LoginAttempts(); got != ibanera.DefaultSharedMaxFailedLogins {
+			t.Errorf("upstream login attempts: got %d, want %d for the fleet", got, ibanera.DefaultSharedMaxFailedLogins)
+		}
+		if sim.Locked(user) {
+			t.Fatal("the upstream locked the account")
+		}
+	})
+	t.Run("steps", func(t *testing.T) {
+		t.Parallel()
+		clk := newClock(stepStart)
+		_, srv := startSim(t, clk, ibanerasim.Options{})
+		shared := token.NewMemoryStore(clk.Now)
+		a, b := newClient(t, baseConfig(srv), srv, clk), newClient(t, baseConfig(srv), srv, clk)
+		a.Share(shared, shared)
+		b.Share(shared, shared)
+		clk.Advance(ibanera.Step)
+		if _, err := a.Token(context.Background(), token.Request{}); err != nil {
+			t.Fatalf("replica a: %v", err)
+		}
+		before := clk.Now()
+		if _, err := b.Token(context.Background(), token.Request{}); err != nil {
+			t.Fatalf("replica b: %v (the simulator refuses a code used twice)", err)
+		}
+		if clk.Now().Sub(before) <= 0 {
+			t.Error("replica b logged in within replica a's step: it must wait for the next")
+		}
+	})
+}
