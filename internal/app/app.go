@@ -37,6 +37,7 @@ import (
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/server"
+	"github.com/tokenvend/tokenvend/internal/store/redisstore"
 	"github.com/tokenvend/tokenvend/internal/telemetry"
 	"github.com/tokenvend/tokenvend/internal/token"
 )
@@ -65,6 +66,9 @@ type Options struct {
 	// of server.shutdown_timeout, at most 5s; negative means none (tests
 	// that stop many services).
 	DrainDelay time.Duration
+	// StoreLeaseTTL is the redis store's lease time to live (10s when 0):
+	// tests that kill a lease holder shorten it.
+	StoreLeaseTTL time.Duration
 }
 
 // Check validates cfg completely, every provider's keys included, without
@@ -88,6 +92,10 @@ type App struct {
 	broker   *broker.Broker
 	drain    time.Duration
 	stopping atomic.Bool
+	// store is the shared store, nil with the memory store; ready is the
+	// broker once built, for the store's write-back when Redis returns.
+	store *redisstore.Lazy
+	ready atomic.Pointer[broker.Broker]
 }
 
 // New builds the service for cfg and binds its listeners, so the addresses
@@ -133,7 +141,13 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		// requests (Ibanera for a fresh TOTP step).
 		Timeout: cfg.Cache.AttemptTimeout,
 	}
-	providers, err := buildProviders(cfg, deps{http: hc, now: o.Now, sleep: o.Sleep})
+	d := deps{http: hc, now: o.Now, sleep: o.Sleep}
+	if cfg.Store.Redis.Enabled() {
+		if d.store, err = a.connectStore(cfg.Store, o); err != nil {
+			return nil, err
+		}
+	}
+	providers, err := buildProviders(cfg, d)
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +175,12 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		Metrics:            metrics,
 		Log:                o.Log,
 	}, a.providerHeld)
+	a.ready.Store(a.broker)
+	if a.store != nil {
+		if err := a.storeGauge(); err != nil {
+			return nil, err
+		}
+	}
 	policy := auth.New(cfg.Callers)
 	if cfg.Server.TLSTerminatedByMesh {
 		policy = policy.InMesh()
@@ -368,6 +388,9 @@ func (a *App) Serve(ctx context.Context) error {
 // close releases what New acquired. Serve's servers close the listeners
 // too; closing twice is harmless.
 func (a *App) close() {
+	if a.store != nil {
+		a.store.Close()
+	}
 	if a.grpcLn != nil {
 		_ = a.grpcLn.Close()
 	}

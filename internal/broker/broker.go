@@ -123,6 +123,17 @@ func New(ps []Provider, o token.Options, onHold func(provider string, held bool)
 	return b
 }
 
+// WriteBack stores every cached token that is still good in its
+// provider's shared store (see token.Cache.WriteBack): the store came back
+// after an outage.
+func (b *Broker) WriteBack(ctx context.Context) {
+	for _, p := range b.list {
+		if p.cache != nil {
+			p.cache.WriteBack(ctx)
+		}
+	}
+}
+
 // Keep keeps the token of every provider marked Keep (see Provider.Keep)
 // until ctx ends, and returns when all of them have stopped.
 func (b *Broker) Keep(ctx context.Context) {

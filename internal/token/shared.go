@@ -283,3 +283,32 @@ func (c *Cache) storeCall(ctx context.Context, op string) (context.Context, func
 		span.End()
 	}
 }
+
+// WriteBack stores every token this cache holds that is still good, under
+// the fence it was stored with (0 for one logged in alone): after the
+// shared store came back, perhaps empty, so that the fleet finds them
+// again. The fence decides, so a token another replica wrote meanwhile
+// under a newer lease is never replaced. It does nothing without a store.
+func (c *Cache) WriteBack(ctx context.Context) {
+	if c.o.Store == nil {
+		return
+	}
+	now := c.o.Now()
+	type item struct {
+		k Key
+		s Stored
+	}
+	var items []item
+	c.mu.Lock()
+	for k, e := range c.entries {
+		if e.tok != nil && e.call == nil && e.tok.ValidFor(now, c.o.MinValid) {
+			items = append(items, item{k, Stored{Token: e.tok, Fence: e.fence}})
+		}
+	}
+	c.mu.Unlock()
+	for _, it := range items {
+		if err := c.storeSave(ctx, it.k, it.s); err == nil {
+			c.o.Metrics.store(ctx, c.o.Provider, "written_back")
+		}
+	}
+}
