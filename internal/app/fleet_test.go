@@ -249,9 +249,8 @@ func TestFleetIbaneraLockout(t *testing.T) {
 	t.Logf("ibanera wrong password, 3 replicas, 6 backoff periods: %d failed logins upstream, locked: %v", sim.FailedLogins(), sim.Locked(ibaneraUser))
 }
 
-// TestFleetIbaneraSteps: replicas that each must log in (a session
-// reported refused on each) never send the same TOTP step's code.
-func TestFleetIbaneraWarmRestartAndSteps(t *testing.T) {
+// TestFleetIbaneraOneLogin: three replicas share one Ibanera session.
+func TestFleetIbaneraOneLogin(t *testing.T) {
 	t.Parallel()
 	clk := fleetClock()
 	sim, url := ibaneraSim(t, clk)
@@ -516,5 +515,40 @@ func TestFleetNothingInTheClear(t *testing.T) {
 				t.Errorf("Redis key %q holds a credential in the clear", k)
 			}
 		}
+	}
+}
+
+// TestFleetStartsWithoutRedis: a replica started while Redis cannot be
+// reached starts anyway, serves (logging in alone), stays ready with
+// tokenvend_store_up 0, and joins the fleet once Redis answers.
+func TestFleetStartsWithoutRedis(t *testing.T) {
+	t.Parallel()
+	clk := fleetClock()
+	sim, url := kycSim(t, clk)
+	srv := redistest.Start(t)
+	srv.Kill()
+	yaml := storeYAML([]string{srv.Addr}, defaultKeys...) + "providers:" + kycProvider("kyc", url, kycPassword)
+	s := startReplica(t, clk, yaml, fleetOpts{})
+	resp := s.mustGet("kyc")
+	if got := useHeaders(t, url+"/api/v1/resource", resp.GetHeaders()); got != http.StatusOK {
+		t.Errorf("protected endpoint: got %d, want 200", got)
+	}
+	if got := s.metric("tokenvend_store_up", ""); got != 0 {
+		t.Errorf("tokenvend_store_up with Redis down: got %v, want 0", got)
+	}
+	if r := s.rest(http.MethodGet, "/readyz", ""); r.Status != http.StatusOK {
+		t.Errorf("readiness with Redis down: got %d, want 200", r.Status)
+	}
+	srv.Restart()
+	eventually(t, "the replica to reach Redis", func() bool { return s.metric("tokenvend_store_up", "") == 1 })
+	eventually(t, "its token to be written back", func() bool {
+		return s.metric("tokenvend_store_events_total", `event="written_back"`) >= 1
+	})
+	other := startFleet(t, clk, 1, yaml, fleetOpts{})
+	if got := other[0].mustGet("kyc").GetAccessToken(); got != resp.GetAccessToken() {
+		t.Error("a second replica did not get the token the first logged in for alone")
+	}
+	if got := sim.Logins(); got != 1 {
+		t.Errorf("upstream logins: got %d, want 1", got)
 	}
 }

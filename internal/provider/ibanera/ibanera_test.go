@@ -884,3 +884,46 @@ func TestSharedFailuresAndSteps(t *testing.T) {
 		}
 	})
 }
+
+// deadStore is a shared store that cannot be reached.
+type deadStore struct{}
+
+var errDead = errors.New("the store cannot be reached")
+
+func (deadStore) ChargeFailure(context.Context, string, int) (int, bool, error) {
+	return 0, false, errDead
+}
+func (deadStore) RefundFailure(context.Context, string) error { return errDead }
+func (deadStore) ClearFailures(context.Context, string) error { return errDead }
+func (deadStore) ReserveStep(context.Context, int64, time.Duration) (bool, error) {
+	return false, errDead
+}
+
+// TestSharedStoreLostAllowsOneFailure: while the fleet's count cannot be
+// reached, a replica allows itself one failed login, not max_failed_logins:
+// it cannot know what the other replicas have spent. A right password
+// still logs in.
+func TestSharedStoreLostAllowsOneFailure(t *testing.T) {
+	t.Parallel()
+	clk := newClock(stepStart)
+	sim, srv := startSim(t, clk, ibanerasim.Options{})
+	cfg := baseConfig(srv)
+	cfg.Password = secret.Literal("wrong")
+	c := newClient(t, cfg, srv, clk)
+	c.Share(deadStore{}, deadStore{})
+	for i := range 5 {
+		clk.Advance(ibanera.Step)
+		if _, err := c.Token(context.Background(), token.Request{}); token.KindOf(err) != token.KindRejected {
+			t.Fatalf("attempt %d: got %v, want a rejection", i, err)
+		}
+	}
+	if got := sim.FailedLogins(); got != 1 {
+		t.Errorf("failed logins upstream with the store lost: got %d, want 1", got)
+	}
+	good := newClient(t, baseConfig(srv), srv, clk)
+	good.Share(deadStore{}, deadStore{})
+	clk.Advance(ibanera.Step)
+	if _, err := good.Token(context.Background(), token.Request{}); err != nil {
+		t.Errorf("the right password with the store lost: %v", err)
+	}
+}
