@@ -38,14 +38,22 @@ const (
 	pingTimeout       = 500 * time.Millisecond
 )
 
-// Connect starts connecting to Redis with o in the background. onUp, when
-// set, is called each time Redis answers again after it did not (and when
-// it first does), so that the replica can write its tokens back.
+// Connect connects to Redis with o: once at once, so that a replica
+// starting beside a healthy Redis joins the fleet before it serves, and
+// then, if that failed, in the background until it succeeds. onUp, when
+// set, is called each time Redis answers again after it did not, so that
+// the replica can write its tokens back.
 func Connect(o Options, onUp func()) *Lazy {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Lazy{o: o, onUp: onUp, stop: cancel, done: make(chan struct{})}
 	if l.o.Log == nil {
 		l.o.Log = slog.New(slog.DiscardHandler)
+	}
+	if c, err := New(l.o); err == nil {
+		l.c.Store(c)
+		l.up.Store(true)
+	} else {
+		l.o.Log.Warn("the shared store cannot be reached: serving alone until it can", "error", err.Error())
 	}
 	go l.run(ctx)
 	return l
@@ -56,18 +64,13 @@ func (l *Lazy) run(ctx context.Context) {
 	defer close(l.done)
 	wait := connectRetryFirst
 	for l.c.Load() == nil {
-		c, err := New(l.o)
-		if err == nil {
-			l.c.Store(c)
-			break
-		}
-		if wait == connectRetryFirst {
-			l.o.Log.Warn("the shared store cannot be reached: serving alone until it can", "error", err.Error())
-		}
 		if !sleepCtx(ctx, wait) {
 			return
 		}
 		wait = min(wait*2, connectRetryMax)
+		if c, err := New(l.o); err == nil {
+			l.c.Store(c)
+		}
 	}
 	for {
 		c := l.c.Load()
