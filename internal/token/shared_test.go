@@ -185,3 +185,64 @@ func TestFleetWarmStart(t *testing.T) {
 		t.Errorf("logins: got %d, want 1", got)
 	}
 }
+
+// TestFleetLateWriteIsFenced: a replica whose login ends after a newer
+// lease's token was stored (it was paused past its lease) does not
+// overwrite it: its Save is refused and it serves the stored token.
+func TestFleetLateWriteIsFenced(t *testing.T) {
+	t.Parallel()
+	caches, src, clk := newFleet(t, 1, nil)
+	store := caches[0].o.Store.(*MemoryStore)
+	release := src.block(t)
+	k := Key{Scope: "s"}
+	ch := goGet(context.Background(), caches[0], k, 0)
+	waitFor(t, "the login in flight", func() bool { return src.calls() == 1 })
+	newer := &Token{AccessToken: "newer", IssuedAt: clk.Now(), Expiry: clk.Now().Add(time.Hour)}
+	if err := store.Save(context.Background(), k, Stored{Token: newer, Fence: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	r := recv(t, ch)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.tok.AccessToken != "newer" {
+		t.Errorf("after a fenced write: got %q, want the newer stored token", r.tok.AccessToken)
+	}
+	if st, _ := store.Load(context.Background(), k); st.Token.AccessToken != "newer" || st.Fence != 1000 {
+		t.Errorf("stored: got %q (fence %d), want newer (1000)", st.Token.AccessToken, st.Fence)
+	}
+}
+
+// TestFleetCheckOnce: a revocable token (CheckEvery) is checked once per
+// interval for the fleet; when a check is rejected, every replica stops
+// serving it.
+func TestFleetCheckOnce(t *testing.T) {
+	t.Parallel()
+	caches, src, clk := newFleet(t, 3, nil)
+	src.setAnswer(func(n int, r Request) (*Token, error) {
+		if n == 3 {
+			return nil, rejected()
+		}
+		return &Token{AccessToken: "revocable", IssuedAt: clk.Now(), CheckEvery: time.Minute}, nil
+	})
+	k := Key{Scope: "s"}
+	for _, c := range caches {
+		mustGet(t, c, k, 0)
+	}
+	for round := 2; round <= 3; round++ {
+		clk.Advance(time.Minute + time.Second)
+		for _, c := range caches {
+			c.Get(context.Background(), k, 0) // a hit past the check point starts the check
+			waitFor(t, "the check to end", func() bool { busy, _ := inFlight(c, k); return !busy })
+		}
+		if got := src.calls(); got != round {
+			t.Fatalf("checks after %d intervals: got %d calls, want %d (one per interval for the fleet)", round-1, got, round)
+		}
+	}
+	for i, c := range caches {
+		if _, _, err := c.Get(context.Background(), k, 0); KindOf(err) != KindRejected {
+			t.Errorf("replica %d after the rejected check: got %v, want the rejection", i, err)
+		}
+	}
+}
