@@ -195,6 +195,29 @@ func TestFleetColdBurst(t *testing.T) {
 			if res["login"] != 1 || res["fleet"] < 1 {
 				t.Errorf("audit results: %v; want one login, and the fleet's login for another replica", res)
 			}
+			// Store calls are traced on the login path, never on a hit.
+			storeSpans := func() (n int) {
+				for _, s := range fleet {
+					for _, sp := range s.spans.GetSpans() {
+						if strings.HasPrefix(sp.Name, "tokenvend.store.") {
+							n++
+						}
+					}
+				}
+				return n
+			}
+			if storeSpans() == 0 {
+				t.Error("no tokenvend.store.* span on the login path")
+			}
+			for _, s := range fleet {
+				s.spans.Reset()
+			}
+			if _, failed, err := callers(fleet, "kyc", 20); failed > 0 {
+				t.Fatal(err)
+			}
+			if n := storeSpans(); n != 0 {
+				t.Errorf("cached GetTokens made %d store calls, want 0", n)
+			}
 			t.Logf("cold burst, 300 callers on 3 replicas: %d upstream login(s); audit %v", sim.Logins(), res)
 		})
 	}
