@@ -69,15 +69,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cold := fs.String("cold", "1,100,1000", "cold-start burst sizes: concurrent callers on a cold key")
 	fs.DurationVar(&o.expiryLifetime, "expiry-lifetime", 20*time.Second, "token lifetime in the expiry run (refreshed at half of it)")
 	fs.DurationVar(&o.expiryWindow, "expiry-window", 3*time.Second, "length of each window of the expiry run")
-	runs := fs.String("runs", "1,2,3,4,5,6", "which of the runs to do")
+	runs := fs.String("runs", "1,2,3,4,5,6,7", "which of the runs to do")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	o.runs = map[int]bool{}
 	for _, f := range strings.Split(*runs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 6 {
-			return fmt.Errorf("-runs: %q is not a run (1 to 6)", f)
+		if err != nil || n < 1 || n > 7 {
+			return fmt.Errorf("-runs: %q is not a run (1 to 7)", f)
 		}
 		o.runs[n] = true
 	}
@@ -129,6 +129,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("run 5: %w", err)
 		}
 		t.expiry(e)
+	}
+	if o.runs[7] {
+		progress(stderr, "7. gRPC GetToken(kyc), cached: redis store vs memory store")
+		if err := o.store(ctx, t, demo); err != nil {
+			return fmt.Errorf("run 7: %w", err)
+		}
 	}
 	t.sort()
 
@@ -239,6 +245,9 @@ func (o options) estimate() time.Duration {
 	}
 	if o.runs[5] {
 		d += o.expiryLifetime/2 + 2*o.expiryWindow + o.warm
+	}
+	if o.runs[7] {
+		d += 2*o.warm + 2*o.duration
 	}
 	return d
 }

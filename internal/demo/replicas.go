@@ -37,6 +37,9 @@ func (d *Demo) Replicas(n int, redisAddr string) ([]*config.Config, error) {
 			return nil, fmt.Errorf("--http-addr: %w", err)
 		}
 		c.Server.ProxyAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(8180+i))
+		if _, port, _ := net.SplitHostPort(c.Server.HTTPAddr); port == "0" {
+			c.Server.ProxyAddr = "127.0.0.1:0" // tests and the bench: free ports only
+		}
 		c.Store = store
 		out = append(out, &c)
 	}
