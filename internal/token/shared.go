@@ -57,6 +57,8 @@ func (c *Cache) fetch(ctx context.Context, k Key, cl *call, prev *Token, prevFen
 		return fetched{tok: tok, err: err}
 	}
 	waited := false
+	var lastSeen uint64
+	backoff := c.o.RetryBase
 	for {
 		st, err := c.storeLoad(ctx, k)
 		if err != nil {
@@ -74,7 +76,16 @@ func (c *Cache) fetch(ctx context.Context, k Key, cl *call, prev *Token, prevFen
 			// Another replica logs in: wait for its token, or for its
 			// lease to end (released, or its holder gone).
 			c.o.Metrics.store(ctx, c.o.Provider, "lease_wait")
-			waited = true
+			if waited && st.Fence == lastSeen {
+				// Wait returned, yet neither the token nor the lease
+				// changed here: Load's local copy lags the store (its
+				// invalidation is on the way). Do not spin meanwhile.
+				if !pause(ctx, backoff) {
+					return fetched{err: Unavailable("another replica's login for this key did not finish in time", ctx.Err())}
+				}
+				backoff = min(2*backoff, time.Second)
+			}
+			waited, lastSeen = true, st.Fence
 			if err := c.o.Store.Wait(ctx, k, st.Fence); err != nil {
 				if ctx.Err() != nil {
 					return fetched{err: Unavailable("another replica's login for this key did not finish in time", err)}
@@ -310,5 +321,17 @@ func (c *Cache) WriteBack(ctx context.Context) {
 		if err := c.storeSave(ctx, it.k, it.s); err == nil {
 			c.o.Metrics.store(ctx, c.o.Provider, "written_back")
 		}
+	}
+}
+
+// pause waits d or until ctx ends (false).
+func pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
