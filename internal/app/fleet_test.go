@@ -575,3 +575,44 @@ func TestFleetStartsWithoutRedis(t *testing.T) {
 		t.Errorf("upstream logins: got %d, want 1", got)
 	}
 }
+
+// TestFleetInvalidate: a token the upstream revoked, reported on each of
+// three replicas, costs one login for the fleet: the first report logs in,
+// the others pick up its token; no replica serves the revoked one after
+// its report, nor does a replica started after the first report.
+func TestFleetInvalidate(t *testing.T) {
+	t.Parallel()
+	clk := fleetClock()
+	sim, url := kycSim(t, clk)
+	srv := redistest.Start(t)
+	yaml := storeYAML([]string{srv.Addr}, defaultKeys...) + "providers:" + kycProvider("kyc", url, kycPassword)
+	fleet := startFleet(t, clk, 3, yaml, fleetOpts{})
+	answers, failed, err := callers(fleet, "kyc", 5)
+	if failed > 0 {
+		t.Fatal(err)
+	}
+	old := answers[0]
+	sim.Revoke(old.GetAccessToken())
+	clk.Advance(time.Second) // the next login's JWT differs from the revoked one
+	for i, s := range fleet {
+		resp, err := s.client.InvalidateToken(context.Background(), &tokenvendv1.InvalidateTokenRequest{
+			Provider: "kyc", AccessToken: old.GetAccessToken(), UpstreamStatus: 401})
+		if err != nil || !resp.GetInvalidated() {
+			t.Fatalf("replica %d: report got %v, %v; want invalidated", i, resp, err)
+		}
+		fresh := s.mustGet("kyc")
+		if fresh.GetAccessToken() == old.GetAccessToken() {
+			t.Fatalf("replica %d: got the revoked token after its report", i)
+		}
+		if code := useHeaders(t, url+"/api/v1/resource", fresh.GetHeaders()); code != http.StatusOK {
+			t.Errorf("replica %d: the fresh token upstream: got %d, want 200", i, code)
+		}
+	}
+	late := startFleet(t, clk, 1, yaml, fleetOpts{})
+	if got := late[0].mustGet("kyc").GetAccessToken(); got == old.GetAccessToken() {
+		t.Error("a replica started after the report got the revoked token")
+	}
+	if got := sim.Logins(); got != 2 {
+		t.Errorf("upstream logins: got %d, want 2 (the first, and one for the fleet's report)", got)
+	}
+}

@@ -100,6 +100,11 @@ func (c *Cache) fetch(ctx context.Context, k Key, cl *call, prev *Token, prevFen
 			// died, and this replica takes over.
 			c.o.Metrics.store(ctx, c.o.Provider, "takeover")
 		}
+		if s := lease.Stored.Token; s != nil && cl.reported != "" && s.AccessToken == cl.reported {
+			// The refused token is the fleet's: no replica may adopt it
+			// while this login runs.
+			c.tombstone(ctx, k, lease.Fence)
+		}
 		if c.adoptable(lease.Stored, cl, prevFence) {
 			lease.Release()
 			c.o.Metrics.store(ctx, c.o.Provider, "adopted")
@@ -175,8 +180,8 @@ func (c *Cache) leased(ctx context.Context, k Key, cl *call, r Request, lease *L
 	return f
 }
 
-// tombstone removes k's stored token: the upstream rejected its check, so
-// no replica may serve it any more. It is written as an expired token
+// tombstone removes k's stored token: the upstream rejected its check,
+// or a caller reported it refused, so no replica may take it up again. It is written as an expired token
 // under the lease's fence, which every store treats as a miss.
 func (c *Cache) tombstone(ctx context.Context, k Key, fence uint64) {
 	now := c.o.Now()
