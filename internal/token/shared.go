@@ -56,9 +56,7 @@ func (c *Cache) fetch(ctx context.Context, k Key, cl *call, prev *Token, prevFen
 		tok, err := c.login(ctx, cl, r)
 		return fetched{tok: tok, err: err}
 	}
-	waited := false
-	var lastSeen uint64
-	backoff := c.o.RetryBase
+	var w waiting
 	for {
 		st, err := c.storeLoad(ctx, k)
 		if err != nil {
@@ -75,51 +73,76 @@ func (c *Cache) fetch(ctx context.Context, k Key, cl *call, prev *Token, prevFen
 		if lease == nil {
 			// Another replica logs in: wait for its token, or for its
 			// lease to end (released, or its holder gone).
-			c.o.Metrics.store(ctx, c.o.Provider, "lease_wait")
-			if waited && st.Fence == lastSeen {
-				// Wait returned, yet neither the token nor the lease
-				// changed here: Load's local copy lags the store (its
-				// invalidation is on the way). Do not spin meanwhile.
-				if !pause(ctx, backoff) {
-					return fetched{err: Unavailable("another replica's login for this key did not finish in time", ctx.Err())}
-				}
-				backoff = min(2*backoff, time.Second)
-			}
-			waited, lastSeen = true, st.Fence
-			if err := c.o.Store.Wait(ctx, k, st.Fence); err != nil {
-				if ctx.Err() != nil {
-					return fetched{err: Unavailable("another replica's login for this key did not finish in time", err)}
-				}
-				c.o.Metrics.store(ctx, c.o.Provider, "error")
+			switch err := c.waitHolder(ctx, k, st.Fence, &w); {
+			case err == nil:
+				continue
+			case ctx.Err() != nil:
+				return fetched{err: Unavailable("another replica's login for this key did not finish in time", err)}
+			default:
 				return c.alone(ctx, cl, r)
 			}
-			continue
 		}
-		if waited && lease.Stored.Fence == st.Fence {
+		if w.waited && lease.Stored.Fence == st.Fence {
 			// The lease ended without a new token: its holder failed or
 			// died, and this replica takes over.
 			c.o.Metrics.store(ctx, c.o.Provider, "takeover")
 		}
-		if s := lease.Stored.Token; s != nil && cl.reported != "" && s.AccessToken == cl.reported {
-			// The refused token is the fleet's: no replica may adopt it
-			// while this login runs.
-			c.tombstone(ctx, k, lease.Fence)
-		}
-		if c.adoptable(lease.Stored, cl, prevFence) {
-			lease.Release()
-			c.o.Metrics.store(ctx, c.o.Provider, "adopted")
-			return fetched{tok: lease.Stored.Token, fence: lease.Stored.Fence, fleet: true}
-		}
-		if s := lease.Stored.Token; s != nil && s.RefreshToken != "" && r.Previous != nil && lease.Stored.Fence != prevFence {
-			// Another replica refreshed last: its refresh token is the
-			// one the upstream still honours.
-			r.Previous = s
-		}
-		f := c.leased(ctx, k, cl, r, lease)
-		f.gone = lease.Stored.Token == nil
+		f := c.holding(ctx, k, cl, r, lease, prevFence)
 		lease.Release()
 		return f
 	}
+}
+
+// holding is fetch with k's lease held: the token stored with the lease
+// if another replica has just written a good one, else this replica's
+// login.
+func (c *Cache) holding(ctx context.Context, k Key, cl *call, r Request, lease *Lease, prevFence uint64) fetched {
+	s := lease.Stored
+	if s.Token != nil && cl.reported != "" && s.Token.AccessToken == cl.reported {
+		// The refused token is the fleet's: no replica may take it up
+		// while this login runs.
+		c.tombstone(ctx, k, lease.Fence)
+	}
+	if c.adoptable(s, cl, prevFence) {
+		c.o.Metrics.store(ctx, c.o.Provider, "adopted")
+		return fetched{tok: s.Token, fence: s.Fence, fleet: true}
+	}
+	if s.Token != nil && s.Token.RefreshToken != "" && r.Previous != nil && s.Fence != prevFence {
+		// Another replica refreshed last: its refresh token is the one
+		// the upstream still honours.
+		r.Previous = s.Token
+	}
+	f := c.leased(ctx, k, cl, r, lease)
+	f.gone = s.Token == nil
+	return f
+}
+
+// waiting is what fetch remembers of its waits for another replica.
+type waiting struct {
+	waited  bool
+	seen    uint64 // the stored fence when it last waited
+	backoff time.Duration
+}
+
+// waitHolder waits until the token stored for k has a fence other than
+// seen or k's lease is free (see Leases.Wait). A Wait that returns while
+// this replica still sees the same fence means Load's local copy lags the
+// store (its invalidation is on the way): the next one backs off rather
+// than spin.
+func (c *Cache) waitHolder(ctx context.Context, k Key, seen uint64, w *waiting) error {
+	c.o.Metrics.store(ctx, c.o.Provider, "lease_wait")
+	if w.waited && seen == w.seen {
+		w.backoff = min(max(2*w.backoff, c.o.RetryBase), time.Second)
+		if !pause(ctx, w.backoff) {
+			return ctx.Err()
+		}
+	}
+	w.waited, w.seen = true, seen
+	err := c.o.Store.Wait(ctx, k, seen)
+	if err != nil && ctx.Err() == nil {
+		c.o.Metrics.store(ctx, c.o.Provider, "error")
+	}
+	return err
 }
 
 // adoptable reports whether st, another replica's token, serves call cl:
