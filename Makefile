@@ -2,11 +2,23 @@
 GO       ?= go
 BUF      := $(GO) tool -modfile=tools/go.mod buf
 
-.PHONY: run test generate check-generated check-deploy check-sims lint bench bench-scale bench-go build
+.PHONY: run run-replicas test generate check-generated check-deploy check-sims lint bench bench-scale bench-go build
 
 ## run: start the service on its built-in demo (simulated upstreams, no secrets)
 run:
 	$(GO) run ./cmd/tokenvend demo
+
+## run-replicas: three replicas of the demo sharing one Redis (a redis-server started on
+## 127.0.0.1:6390 when installed, else one already there); gRPC 9090-9092, HTTP 8080-8082
+REDIS_DEMO_ADDR ?= 127.0.0.1:6390
+run-replicas:
+	@dir=$$(mktemp -d); pid=; \
+	if command -v redis-server >/dev/null; then \
+	  redis-server --port $(lastword $(subst :, ,$(REDIS_DEMO_ADDR))) --bind 127.0.0.1 --save '' --appendonly no --dir $$dir >$$dir/redis.log 2>&1 & pid=$$!; \
+	  echo "redis-server on $(REDIS_DEMO_ADDR) (pid $$pid, log $$dir/redis.log)"; \
+	else echo "redis-server is not installed (apt-get install redis-server): using $(REDIS_DEMO_ADDR) as it is"; fi; \
+	trap '[ -n "$$pid" ] && kill $$pid' EXIT INT TERM; \
+	$(GO) run ./cmd/tokenvend demo --replicas 3 --redis $(REDIS_DEMO_ADDR)
 
 ## test: every test, with the race detector
 test:

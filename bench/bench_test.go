@@ -217,10 +217,10 @@ func TestParseFlags(t *testing.T) {
 		runs []int
 		err  string
 	}{
-		{nil, []int{1, 2, 3, 4, 5, 6, 11}, ""},
+		{nil, []int{1, 2, 3, 4, 5, 6, 11, 12}, ""},
 		{[]string{"-scale"}, []int{7, 8, 9, 10}, ""},
 		{[]string{"-runs", "1, 10"}, []int{1, 10}, ""},
-		{[]string{"-runs", "12"}, nil, `-runs: "12" is not a run (1 to 11)`},
+		{[]string{"-runs", "13"}, nil, `-runs: "13" is not a run (1 to 12)`},
 		{[]string{"-scale-callers", "1,0"}, nil, `-scale-callers: "0" is not a positive number`},
 		{[]string{"-cold-callers", "50", "-cold-keys", "100"}, nil, "-cold-callers at least -cold-keys"},
 		{[]string{"-idle-conns", "0"}, nil, "-idle-conns"},

@@ -228,6 +228,12 @@ func get(ctx context.Context, hc *http.Client, url string, header http.Header) e
 // alternating (floor, call, floor, call, ...) in rounds so that a change in
 // the machine's load falls on both, after warming each up.
 func pair(ctx context.Context, pid int, call, floor load, concurrency int, warm, d time.Duration, rounds int) (callRes, floorRes result, err error) {
+	return pairOn(ctx, pid, pid, call, floor, concurrency, warm, d, rounds)
+}
+
+// pairOn is pair for a call and a floor served by two processes, callPID
+// and floorPID: each side's server CPU is its own server's.
+func pairOn(ctx context.Context, callPID, floorPID int, call, floor load, concurrency int, warm, d time.Duration, rounds int) (callRes, floorRes result, err error) {
 	if warm > 0 {
 		for _, l := range []load{floor, call} {
 			if _, err := l(ctx, concurrency, warm); err != nil {
@@ -241,7 +247,9 @@ func pair(ctx context.Context, pid int, call, floor load, concurrency int, warm,
 		for _, side := range []struct {
 			l   load
 			sum *sample
-		}{{floor, &f}, {call, &c}} {
+			pid int
+		}{{floor, &f, floorPID}, {call, &c, callPID}} {
+			pid := side.pid
 			cpu0, err := cpuTime(pid)
 			if err != nil {
 				return result{}, result{}, err

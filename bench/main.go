@@ -62,9 +62,9 @@ func main() {
 // demoArgs start the demo on ports of its own.
 var demoArgs = []string{"demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}
 
-// lastRun is the number of the last run: 1-6 and 11 are `make bench`,
-// 7-10 the scaling runs of `make bench-scale`.
-const lastRun = 11
+// lastRun is the number of the last run: 1-6, 11 and 12 are `make
+// bench`, 7-10 the scaling runs of `make bench-scale`.
+const lastRun = 12
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
@@ -108,6 +108,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		t.expiry(e)
 	}
+	if o.runs[12] {
+		progress(stderr, "12. gRPC GetToken(kyc), cached: redis store vs memory store")
+		if err := o.store(ctx, t, demo); err != nil {
+			return fmt.Errorf("run 12: %w", err)
+		}
+	}
 	if err := o.scaling(ctx, stderr, t, demo); err != nil {
 		return err
 	}
@@ -146,7 +152,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	cold := fs.String("cold", "1,100,1000", "cold-start burst sizes: concurrent callers on a cold key")
 	fs.DurationVar(&o.expiryLifetime, "expiry-lifetime", 20*time.Second, "token lifetime in the expiry run (refreshed at half of it)")
 	fs.DurationVar(&o.expiryWindow, "expiry-window", 3*time.Second, "length of each window of the expiry run")
-	runs := fs.String("runs", "1,2,3,4,5,6,11", "which of the runs to do (7 to 10: the scaling runs)")
+	runs := fs.String("runs", "1,2,3,4,5,6,11,12", "which of the runs to do (7 to 10: the scaling runs)")
 	scale := fs.Bool("scale", false, "do the scaling runs (7 to 10) instead: the same as -runs 7,8,9,10")
 	scaleCallers := fs.String("scale-callers", "1,10,100,1000", "run 7: concurrent callers at each step")
 	fs.IntVar(&o.scale.idleConns, "idle-conns", 10000, "run 8: idle gRPC connections held open")
@@ -282,6 +288,9 @@ func (o options) estimate() time.Duration {
 	}
 	if o.runs[5] {
 		d += o.expiryLifetime/2 + 2*o.expiryWindow + o.warm
+	}
+	if o.runs[12] {
+		d += 2*o.warm + 2*o.duration
 	}
 	return d + o.scale.estimate(o)
 }

@@ -32,7 +32,7 @@ func (t *table) note(format string, args ...any) {
 // none).
 func (t *table) pair(n, title string, call, floor result, p50 bool, minRatio, maxP99 float64) {
 	ratio := call.rps / floor.rps
-	t.row(n, title+": requests/s", rate(call), rate(floor), fmt.Sprintf("%.2fx", ratio), goal(minRatio > 0, ratio >= minRatio, fmt.Sprintf(">= %.1fx", minRatio)))
+	t.row(n, title+": requests/s", rate(call), rate(floor), fmt.Sprintf("%.2fx", ratio), goal(minRatio > 0, ratio >= minRatio, fmt.Sprintf(">= %gx", minRatio)))
 	if p50 {
 		t.row(n, "... p50 latency", ms(call.p50), ms(floor.p50), fmt.Sprintf("%.2fx", call.p50.Seconds()/floor.p50.Seconds()), "")
 	}

@@ -25,8 +25,9 @@ const usage = `usage:
                                      run the service; SIGHUP (or, with --watch-config,
                                      a change of the file) reloads the config
   tokenvend check --config FILE      validate a config; exit non-zero naming every bad field
-  tokenvend demo [--grpc-addr A] [--http-addr A] [--token-lifetime D]
-                                     run the service against built-in simulators
+  tokenvend demo [--grpc-addr A] [--http-addr A] [--token-lifetime D] [--replicas N --redis ADDR]
+                                     run the service against built-in simulators (N replicas
+                                     sharing the Redis at ADDR, on the ports given and the next)
   tokenvend identityx send-link|login|api-token ...
                                      enrol an IdentityX credential (prints the token)
   tokenvend get PROVIDER [--scope S] [--subject U] [--curl | --json] [connection flags]
@@ -90,8 +91,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		grpcAddr := fs.String("grpc-addr", config.DefaultGRPCAddr, "the gRPC listen address")
 		httpAddr := fs.String("http-addr", config.DefaultHTTPAddr, "the HTTP listen address")
 		lifetime := fs.Duration("token-lifetime", 0, "make the kyc simulator issue tokens this short-lived, to watch refreshes")
+		replicas := fs.Int("replicas", 1, "run this many replicas, sharing the store at --redis")
+		redisAddr := fs.String("redis", "", "the Redis (host:port) the replicas share")
 		if err := parse(fs, args[1:], false); err != nil {
 			return err
+		}
+		if *replicas < 1 || (*replicas > 1 && *redisAddr == "") {
+			return errors.New("--replicas N needs N of at least 1, and --redis ADDR when N is more than 1")
 		}
 		d, err := demo.Start(*grpcAddr, *httpAddr)
 		if err != nil {
@@ -104,7 +110,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for provider, url := range d.Upstreams {
 			log.Info("demo upstream", "provider", provider, "protected_endpoint", url)
 		}
-		return serve(ctx, d.Config, log, stderr, nil)
+		if *redisAddr == "" {
+			return serve(ctx, d.Config, log, stderr, nil)
+		}
+		cfgs, err := d.Replicas(*replicas, *redisAddr)
+		if err != nil {
+			return err
+		}
+		return serveAll(ctx, cfgs, log, stderr)
 	case "identityx":
 		return identityxCommand(ctx, args[1:], stdout, stderr)
 	case "get":
@@ -152,6 +165,26 @@ func loadChecked(path string) (*config.Config, error) {
 // log line and every batch of audit lines is one Write call, and an
 // *os.File holds its write lock for the whole of a Write, so lines never
 // interleave.
+// serveAll serves each config (the demo's replicas) until ctx ends or one
+// of them fails, which stops the others.
+func serveAll(ctx context.Context, cfgs []*config.Config, log *slog.Logger, stderr io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(cfgs))
+	for i, cfg := range cfgs {
+		go func() {
+			err := serve(ctx, cfg, log.With("replica", i), stderr, nil)
+			cancel()
+			errc <- err
+		}()
+	}
+	var errs []error
+	for range cfgs {
+		errs = append(errs, <-errc)
+	}
+	return errors.Join(errs...)
+}
+
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.Writer, r *reloader) error {
 	a, err := app.New(ctx, cfg, app.Options{Log: log, Audit: stderr})
 	if err != nil {

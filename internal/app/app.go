@@ -36,6 +36,7 @@ import (
 	"github.com/tokenvend/tokenvend/internal/broker"
 	"github.com/tokenvend/tokenvend/internal/config"
 	"github.com/tokenvend/tokenvend/internal/server"
+	"github.com/tokenvend/tokenvend/internal/store/redisstore"
 	"github.com/tokenvend/tokenvend/internal/telemetry"
 	"github.com/tokenvend/tokenvend/internal/token"
 )
@@ -64,6 +65,9 @@ type Options struct {
 	// of server.shutdown_timeout, at most 5s; negative means none (tests
 	// that stop many services).
 	DrainDelay time.Duration
+	// StoreLeaseTTL is the redis store's lease time to live (10s when 0):
+	// tests that kill a lease holder shorten it.
+	StoreLeaseTTL time.Duration
 }
 
 // Check validates cfg completely, every provider's keys included, without
@@ -100,6 +104,8 @@ type App struct {
 	cacheBase token.Options // cacheOptions adds the config's cache section
 	keeper    keeper
 	reloads   reloads
+	// store is the shared store, nil with the memory store.
+	store *redisstore.Lazy
 }
 
 // New builds the service for cfg and binds its listeners, so the addresses
@@ -146,6 +152,11 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		Timeout: cfg.Cache.AttemptTimeout,
 	}
 	a.deps = deps{http: hc, now: o.Now, sleep: o.Sleep}
+	if cfg.Store.Redis.Enabled() {
+		if a.deps.store, err = a.connectStore(cfg.Store, o); err != nil {
+			return nil, err
+		}
+	}
 	providers, err := buildProviders(cfg, a.deps)
 	if err != nil {
 		return nil, err
@@ -174,6 +185,11 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 		Log:       o.Log,
 	}
 	b := broker.New(providers, a.cacheOptions(cfg.Cache), a.providerHeld)
+	if a.store != nil {
+		if err := a.storeGauge(); err != nil {
+			return nil, err
+		}
+	}
 	policy := newPolicy(cfg)
 	auditLog := audit.New(o.Audit) // GetToken's lines and the proxy's, in one stream
 	if a.srv, err = server.New(b, policy, o.Log, auditLog, a.tel.Meter.Meter("tokenvend")); err != nil {
@@ -397,6 +413,9 @@ func (a *App) Serve(ctx context.Context) error {
 // close releases what New acquired. Serve's servers close the listeners
 // too; closing twice is harmless.
 func (a *App) close() {
+	if a.store != nil {
+		a.store.Close()
+	}
 	if a.grpcLn != nil {
 		_ = a.grpcLn.Close()
 	}

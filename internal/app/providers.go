@@ -16,6 +16,7 @@ import (
 	"github.com/tokenvend/tokenvend/internal/provider/insly"
 	"github.com/tokenvend/tokenvend/internal/provider/kyc"
 	"github.com/tokenvend/tokenvend/internal/provider/loginid"
+	"github.com/tokenvend/tokenvend/internal/token"
 )
 
 // deps are what a kind's client may need from the service.
@@ -24,6 +25,16 @@ type deps struct {
 	now  func() time.Time
 	// sleep waits d or until ctx ends; tests make it move their fake clock.
 	sleep func(ctx context.Context, d time.Duration) error
+	// store, when set, is each provider's share of the fleet's store.
+	store func(name string) sharedStore
+}
+
+// sharedStore is what a provider shares with the other replicas: its
+// cache's state, and ibanera's failed logins and TOTP steps.
+type sharedStore interface {
+	token.Store
+	token.Failures
+	token.Steps
 }
 
 // sleep waits d, or until ctx ends.
@@ -47,6 +58,10 @@ var kinds = map[string]func(p config.Provider, d deps) (broker.Provider, error){
 			return broker.Provider{}, err
 		}
 		cl := ibanera.New(c, d.http, d.now, d.sleep)
+		if d.store != nil {
+			st := d.store(p.Name)
+			cl.Share(st, st)
+		}
 		return broker.Provider{Source: cl, PerCall: cl}, nil
 	},
 	"identityx": func(p config.Provider, d deps) (broker.Provider, error) {
@@ -103,6 +118,9 @@ func buildProviders(cfg *config.Config, d deps) ([]broker.Provider, error) {
 			continue
 		}
 		bp.Name, bp.Kind = p.Name, p.Kind
+		if d.store != nil {
+			bp.Store = d.store(p.Name)
+		}
 		out = append(out, bp)
 	}
 	errs = append(errs, subjectGrants(cfg, out)...)

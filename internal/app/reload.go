@@ -188,6 +188,8 @@ func (a *App) keepListeners(running, next *config.Config) *config.Config {
 		{"server.tls", r.TLS, s.TLS, func() { s.TLS = r.TLS }},
 		{"server.tls_terminated_by_mesh", r.TLSTerminatedByMesh, s.TLSTerminatedByMesh, func() { s.TLSTerminatedByMesh = r.TLSTerminatedByMesh }},
 		{"server.proxy_addr", r.ProxyAddr, s.ProxyAddr, func() { s.ProxyAddr = r.ProxyAddr }},
+		// The store is connected once, at start.
+		{"store", running.Store, next.Store, func() { eff.Store = running.Store }},
 	} {
 		if !reflect.DeepEqual(f.now, f.want) {
 			a.log.Warn("config reload: "+f.key+" changed; only a restart applies it, the running value stays",

@@ -34,6 +34,9 @@ type Provider struct {
 	// (see token.Cache.Keep), for credentials whose revocation must show
 	// in health. Ignored for SingleUse providers.
 	Keep bool
+	// Store, when set, is the state the provider's cache shares with the
+	// other replicas (token.Options.Store); nil keeps it in memory.
+	Store token.Store
 }
 
 // Scopes are a provider's scope rules.
@@ -121,6 +124,9 @@ func newProvider(p Provider, o token.Options, onHold func(provider string, held 
 	if !p.SingleUse {
 		co := o
 		co.Provider, co.Kind = p.Name, p.Kind
+		if p.Store != nil {
+			co.Store = p.Store
+		}
 		if onHold != nil {
 			name := p.Name
 			co.OnHold = func(held bool) {
@@ -137,6 +143,17 @@ func newProvider(p Provider, o token.Options, onHold func(provider string, held 
 func (b *Broker) add(p *provider) {
 	b.byName[p.Name] = p
 	b.list = append(b.list, p)
+}
+
+// WriteBack stores every cached token that is still good in its
+// provider's shared store (see token.Cache.WriteBack): the store came back
+// after an outage.
+func (b *Broker) WriteBack(ctx context.Context) {
+	for _, p := range b.list {
+		if p.cache != nil {
+			p.cache.WriteBack(ctx)
+		}
+	}
 }
 
 // Keep keeps the token of every provider marked Keep (see Provider.Keep)

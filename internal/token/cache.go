@@ -55,6 +55,11 @@ type Options struct {
 	// Log receives login failures; never a token or a secret (discarded
 	// when nil).
 	Log *slog.Logger
+	// Store is what the replicas of the provider share: tokens, the lease
+	// that decides which replica logs in, and the login budget. Nil: the
+	// process's own memory, and no store call at all (one replica, as
+	// before there was a store).
+	Store Store
 	// OnHold, when set, is told when logins become held, after a
 	// rejection or a pause (true), and when a login succeeds again
 	// (false). It is called in order with the cache locked: it must be
@@ -106,10 +111,13 @@ type Outcome struct {
 	// Held is true when the answer came from a hold, without asking the
 	// upstream: on a rejected login, a pause, or the relogin interval.
 	Held bool
+	// Fleet is true when the login waited on was another replica's: its
+	// token came from the shared store.
+	Fleet bool
 }
 
 // outcomeNames name outcomes, by Outcome.index, for logs and metrics.
-var outcomeNames = [...]string{"hit", "login", "shared", "held"}
+var outcomeNames = [...]string{"hit", "login", "shared", "held", "fleet", "shared_fleet"}
 
 func (o Outcome) index() int {
 	switch {
@@ -117,6 +125,10 @@ func (o Outcome) index() int {
 		return 0
 	case o.Held:
 		return 3
+	case o.Fleet && o.Shared:
+		return 5
+	case o.Fleet:
+		return 4
 	case o.Shared:
 		return 2
 	default:
@@ -124,8 +136,10 @@ func (o Outcome) index() int {
 	}
 }
 
-// String names the outcome for logs and metrics: hit, login, shared or
-// held.
+// String names the outcome for logs and metrics: hit, login, shared,
+// held, or, with a shared store, fleet (this caller's lookup found
+// another replica's login) and shared_fleet (it waited on a caller who
+// did).
 func (o Outcome) String() string { return outcomeNames[o.index()] }
 
 // Background refreshes that fail are retried this often, doubling, while
@@ -176,6 +190,10 @@ type Cache struct {
 	// lifetime is how long the upstream's last token lived, so a
 	// min_valid_for no token can meet is refused without a login.
 	lifetime time.Duration
+
+	// id and logins name this cache's logins to a shared budget.
+	id     string
+	logins atomic.Uint64
 }
 
 type entry struct {
@@ -186,6 +204,8 @@ type entry struct {
 	// loginAt is when the key's last login or refresh started, to space
 	// the logins that only a caller's min_valid_for asks for.
 	loginAt time.Time
+	// fence is tok's fence in the shared store (0: not stored).
+	fence uint64
 }
 
 // call is one login shared by every caller that waits on it. It runs on a
@@ -202,6 +222,13 @@ type call struct {
 	abandoned  bool // every waiter left; guarded by Cache.mu
 	cancel     context.CancelFunc
 	background bool
+	// refresh: the call replaces a token (a refresh or a check).
+	refresh bool
+	// reported is the access token an invalidation report refused: the
+	// fleet's copy of it must not be adopted.
+	reported string
+	// fleet: the token came from another replica's login.
+	fleet bool
 }
 
 // hold is the provider-wide memory of a rejected login. After the
@@ -226,7 +253,7 @@ type hold struct {
 // NewCache returns a Cache in front of src.
 func NewCache(src Source, o Options) *Cache {
 	o.setDefaults()
-	c := &Cache{src: src, o: o, entries: map[Key]*entry{}}
+	c := &Cache{src: src, o: o, entries: map[Key]*entry{}, id: newID()}
 	c.spanAttrs = []trace.SpanStartOption{trace.WithAttributes(
 		attribute.String("tokenvend.provider", o.Provider),
 		attribute.String("tokenvend.kind", o.Kind),
@@ -329,6 +356,7 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		c.mu.Unlock()
 		return nil, out, ctx.Err()
 	}
+	out.Fleet = cl.fleet
 	if cl.err != nil {
 		return nil, out, cl.err
 	}
@@ -375,8 +403,14 @@ func (c *Cache) tooLong(minValidFor, lifetime time.Duration) *Error {
 // startLocked begins a login (or, with background, a refresh nobody waits
 // for) for k. c.mu must be held.
 func (c *Cache) startLocked(ctx context.Context, k Key, e *entry, background bool) *call {
+	return c.startReportedLocked(ctx, k, e, background, "")
+}
+
+// startReportedLocked is startLocked for a login that replaces reported,
+// a token an invalidation report refused. c.mu must be held.
+func (c *Cache) startReportedLocked(ctx context.Context, k Key, e *entry, background bool, reported string) *call {
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.LoginTimeout)
-	cl := &call{done: make(chan struct{}), cancel: cancel, background: background}
+	cl := &call{done: make(chan struct{}), cancel: cancel, background: background, refresh: e.tok != nil, reported: reported}
 	e.call = cl
 	e.loginAt = c.o.Now()
 	if c.hold.err != nil {
@@ -385,11 +419,11 @@ func (c *Cache) startLocked(ctx context.Context, k Key, e *entry, background boo
 	if !c.proven && c.trial == nil {
 		c.trial = cl
 	}
-	go c.run(lctx, k, e, cl, e.tok)
+	go c.run(lctx, k, e, cl, e.tok, e.fence)
 	return cl
 }
 
-func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token) {
+func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token, prevFence uint64) {
 	defer cl.cancel()
 	opts := append(c.spanAttrs, trace.WithAttributes(
 		attribute.Bool("tokenvend.refresh", prev != nil),
@@ -402,9 +436,13 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token)
 	}
 	ctx, span := c.o.Tracer.Start(ctx, "tokenvend.login", opts...)
 	start := time.Now()
-	tok, err := c.login(ctx, cl, Request{Scope: k.Scope, Subject: k.Subject, Previous: prev})
-	c.o.Metrics.login(ctx, c.o.Provider, time.Since(start), err)
-	if err != nil {
+	f := c.fetch(ctx, k, cl, prev, prevFence)
+	tok, err := f.tok, f.err
+	var fh *fleetHeld
+	if !f.fleet && !errors.As(err, &fh) {
+		c.o.Metrics.login(ctx, c.o.Provider, time.Since(start), err)
+	}
+	if err != nil && fh == nil {
 		span.SetStatus(codes.Error, safeMessage(err))
 		c.o.Log.WarnContext(ctx, "login failed", "provider", c.o.Provider, "kind", c.o.Kind,
 			"background", cl.background, "error", err.Error())
@@ -424,9 +462,16 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token)
 		c.trial = nil
 	}
 	switch {
+	case fh != nil:
+		if f.gone && prev != nil && prev.CheckEvery > 0 && e.tok == prev {
+			// Another replica's check of this token was rejected and it
+			// dropped the fleet's copy: this one is revoked too.
+			e.tok, e.refreshAt, e.refreshFailures = nil, time.Time{}, 0
+		}
+		err = c.fleetHoldLocked(now, fh.hold)
 	case err == nil:
 		c.proven = true
-		e.tok = tok
+		e.tok, e.fence = tok, f.fence
 		e.refreshAt = c.refreshAt(tok, now)
 		e.refreshFailures = 0
 		if !tok.Expiry.IsZero() {
@@ -446,14 +491,18 @@ func (c *Cache) run(ctx context.Context, k Key, e *entry, cl *call, prev *Token)
 			// itself is refused now, so it must not be served any more.
 			e.tok, e.refreshAt, e.refreshFailures = nil, time.Time{}, 0
 		}
-		err = c.holdLocked(now, err)
+		if f.hold != nil && f.hold.Err != nil {
+			err = c.fleetHoldLocked(now, *f.hold)
+		} else {
+			err = c.holdLocked(now, err)
+		}
 	}
 	if err != nil && cl.background && e.tok != nil {
 		e.refreshFailures++
 		// The shift is capped: after a long outage it would overflow.
 		e.refreshAt = now.Add(min(refreshRetryFirst<<min(e.refreshFailures-1, 8), refreshRetryMax))
 	}
-	cl.tok, cl.err = tok, err
+	cl.tok, cl.err, cl.fleet = tok, err, f.fleet
 	close(cl.done)
 }
 
@@ -640,6 +689,27 @@ func (c *Cache) holdLocked(now time.Time, err error) error {
 	}
 	return c.heldLocked(now, nil)
 }
+
+// fleetHoldLocked takes the fleet's hold h (another replica's rejection,
+// or this one's as the budget counted it) as this cache's, so callers here
+// are answered from memory until it ends, and returns the error callers
+// get. A hold whose backoff has lapsed while another replica probes is
+// kept for a moment (fleetBusyHold): the probe's answer is for everyone.
+func (c *Cache) fleetHoldLocked(now time.Time, h Hold) error {
+	wasHeld := c.hold.err != nil
+	c.hold.err, c.hold.strikes, c.hold.until = h.Err, h.Strikes, h.Until
+	if !now.Before(c.hold.until) {
+		c.hold.until = now.Add(fleetBusyHold)
+	}
+	if !wasHeld {
+		c.notify(true)
+	}
+	return c.heldLocked(now, nil)
+}
+
+// fleetBusyHold is how long callers are answered from a lapsed hold while
+// another replica's probe runs, before this replica asks the budget again.
+const fleetBusyHold = time.Second
 
 // heldLocked returns the error for callers of entry e (nil: any) while
 // logins are held: during the backoff, and after it while another key's

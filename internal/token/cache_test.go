@@ -1075,6 +1075,8 @@ func TestOutcomeString(t *testing.T) {
 		{Outcome{Hit: true}, "hit"},
 		{Outcome{Shared: true}, "shared"},
 		{Outcome{Held: true}, "held"},
+		{Outcome{Fleet: true}, "fleet"},
+		{Outcome{Fleet: true, Shared: true}, "shared_fleet"},
 	} {
 		if got := tc.out.String(); got != tc.want {
 			t.Errorf("%+v.String(): got %q, want %q", tc.out, got, tc.want)

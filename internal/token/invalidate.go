@@ -88,7 +88,9 @@ func (c *Cache) Invalidate(ctx context.Context, k Key, accessToken string) Inval
 	e.tok, e.refreshAt, e.refreshFailures = nil, time.Time{}, 0
 	cl := e.call
 	if cl == nil {
-		cl = c.startLocked(ctx, k, e, false)
+		// With a shared store, the login first looks for another
+		// replica's token: any but the reported one will do.
+		cl = c.startReportedLocked(ctx, k, e, false, accessToken)
 	}
 	r.at, r.call, r.doubled = now, cl, false
 	return Invalidated

@@ -12,9 +12,10 @@ import (
 // Metrics are the cache's instruments, shared by every provider's Cache.
 // A nil *Metrics records nothing.
 type Metrics struct {
-	logins   metric.Int64Counter
-	failures metric.Int64Counter
-	duration metric.Float64Histogram
+	logins      metric.Int64Counter
+	failures    metric.Int64Counter
+	duration    metric.Float64Histogram
+	storeEvents metric.Int64Counter
 
 	mu     sync.Mutex
 	caches []*Cache
@@ -39,6 +40,10 @@ func NewMetrics(m metric.Meter) (*Metrics, error) {
 	}
 	if x.duration, err = m.Float64Histogram("tokenvend.login.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time taken by an upstream login or refresh, retries included.")); err != nil {
+		return nil, err
+	}
+	if x.storeEvents, err = m.Int64Counter("tokenvend.store.events",
+		metric.WithDescription("Shared-store events on the login path: lease_wait (another replica held the lease), takeover (its holder ended without a token), adopted (another replica's token used), fenced (a late write refused), error (a store call failed).")); err != nil {
 		return nil, err
 	}
 	waiters, err := m.Int64ObservableGauge("tokenvend.login.waiters",
@@ -92,4 +97,12 @@ func (m *Metrics) login(ctx context.Context, provider string, took time.Duration
 		m.failures.Add(ctx, 1, attrs)
 	}
 	m.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("provider", provider)))
+}
+
+// store counts a shared-store event (see NewMetrics).
+func (m *Metrics) store(ctx context.Context, provider, event string) {
+	if m == nil {
+		return
+	}
+	m.storeEvents.Add(ctx, 1, metric.WithAttributes(attribute.String("provider", provider), attribute.String("event", event)))
 }

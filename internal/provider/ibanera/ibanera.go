@@ -22,9 +22,11 @@
 package ibanera
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base32"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,9 +62,11 @@ type Config struct {
 	// the upstream answers Account_Locked (10m, Ibanera's lock time).
 	LockoutHold time.Duration `yaml:"lockout_hold"`
 	// MaxFailedLogins is how many logins in a row the same credentials may
-	// fail before tokenvend stops sending them until they change (2). The
-	// count is per process: times the replicas it must stay below the
-	// upstream's lockout threshold (5 failures). The cache's backoff spaces
+	// fail before tokenvend stops sending them until they change. With
+	// the memory store the count is per process (default 2): times the
+	// replicas it must stay below the upstream's lockout threshold (5
+	// failures). With a shared store (Share) it is the fleet's, charged
+	// before each login is sent (default 3). The cache's backoff spaces
 	// attempts out, but does not stop them, and a failure count that never
 	// decays would lock the account in the end.
 	MaxFailedLogins int `yaml:"max_failed_logins"`
@@ -78,6 +82,10 @@ const (
 	// DefaultMaxFailedLogins keeps two replicas, each with its own count,
 	// below Ibanera's lock at 5 failures.
 	DefaultMaxFailedLogins = 2
+	// DefaultSharedMaxFailedLogins is the fleet's count with a shared
+	// store: one below the most allowed (4), so that a failover of Redis
+	// that loses one charge still stays below the lock.
+	DefaultSharedMaxFailedLogins = 3
 )
 
 // Step is the TOTP time step.
@@ -129,8 +137,6 @@ func (c *Config) Validate() error {
 	switch {
 	case c.MaxFailedLogins < 0 || c.MaxFailedLogins > 4:
 		errs = append(errs, config.Errorf("max_failed_logins", "must be from 1 to 4: Ibanera locks the account at 5 failures"))
-	case c.MaxFailedLogins == 0:
-		c.MaxFailedLogins = DefaultMaxFailedLogins
 	}
 	return errors.Join(errs...)
 }
@@ -174,21 +180,24 @@ type Client struct {
 	// lastStep is the TOTP step of the last code sent to the login, -1
 	// before the first.
 	lastStep int64
-	// failed counts the logins in a row that the upstream refused with
-	// the same credentials (a hash of them), and keeps the last refusal;
-	// login guards it.
-	failed struct {
-		creds [sha256.Size]byte
-		n     int
-		err   *token.Error
-	}
+	// fails counts the logins in a row that the upstream refused with
+	// the same credentials, and steps hands out TOTP steps: the process's
+	// own (a MemoryStore) unless Share gave the fleet's. lost counts for
+	// this process alone while the shared ones cannot be reached.
+	fails     token.Failures
+	steps     token.Steps
+	lost      *token.MemoryStore
+	maxFailed int
+	// lastRefusal is the last refusal of the credentials, for the message
+	// of logins no longer sent; login guards it.
+	lastRefusal *token.Error
 }
 
 // New returns a Client for a validated config. hc carries the login
 // requests; now is the clock; sleep waits (until the next TOTP step) or
 // until its context ends.
 func New(cfg Config, hc *http.Client, now func() time.Time, sleep func(ctx context.Context, d time.Duration) error) *Client {
-	return &Client{
+	c := &Client{
 		cfg:      cfg,
 		loginURL: strings.TrimRight(cfg.BaseURL, "/") + LoginPath,
 		hc:       hc,
@@ -197,6 +206,20 @@ func New(cfg Config, hc *http.Client, now func() time.Time, sleep func(ctx conte
 		login:    make(chan struct{}, 1),
 		lastStep: -1,
 	}
+	mem := token.NewMemoryStore(now)
+	c.fails, c.steps, c.lost = mem, mem, token.NewMemoryStore(now)
+	c.maxFailed = cmp.Or(cfg.MaxFailedLogins, DefaultMaxFailedLogins)
+	return c
+}
+
+// Share makes the failed-login count and the TOTP steps the fleet's (a
+// shared store's): max_failed_logins then counts every replica's
+// failures (default 3), and no two replicas' logins use the same step.
+// While the store cannot be reached, this process allows itself at most
+// one failed login of its own.
+func (c *Client) Share(f token.Failures, s token.Steps) {
+	c.fails, c.steps = f, s
+	c.maxFailed = cmp.Or(c.cfg.MaxFailedLogins, DefaultSharedMaxFailedLogins)
 }
 
 // Token logs in with a code of a step no earlier login used, waiting for
@@ -218,14 +241,20 @@ func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, erro
 	}
 	defer func() { <-c.login }()
 
-	creds := sha256.Sum256([]byte(c.cfg.Username + "\x00" + password + "\x00" + key))
-	if f := &c.failed; f.n >= c.cfg.MaxFailedLogins && f.creds == creds {
-		refused := *f.err
-		refused.Message = fmt.Sprintf("the upstream refused these credentials %d times in a row (%s), and Ibanera locks the account after 5 failures: tokenvend will not send them again until the configured password or totp_secret changes", f.n, f.err.Upstream)
-		return nil, &refused
+	sum := sha256.Sum256([]byte(c.cfg.Username + "\x00" + password + "\x00" + key))
+	creds := hex.EncodeToString(sum[:])
+	fails, n, ok := c.charge(ctx, creds)
+	if !ok {
+		return nil, c.refused(n)
 	}
+	sent := false
+	defer func() {
+		if !sent {
+			c.refund(ctx, fails, creds)
+		}
+	}()
 
-	code, step, _, err := c.code(ctx, key, c.lastStep)
+	code, step, err := c.reserved(ctx, key)
 	switch {
 	case errors.Is(err, errTooLate):
 		return nil, token.Unavailable("the next TOTP step begins after the login timeout: the login will be tried again", err)
@@ -252,26 +281,92 @@ func (c *Client) Token(ctx context.Context, _ token.Request) (*token.Token, erro
 		return nil, err
 	}
 	tok, err := c.parse(status, answer, issued)
-	c.count(creds, err)
+	sent = true
+	c.settle(ctx, fails, creds, err)
 	return tok, err
 }
 
-// count keeps the tally of logins in a row refused with the same
-// credentials; a success, or new credentials, starts it again.
-func (c *Client) count(creds [sha256.Size]byte, err error) {
+// charge counts the login as failed before it is sent (see
+// token.Failures), on the shared count, or on this process's alone
+// (at most one) while the shared one cannot be reached. It returns the
+// count charged, n, and ok: false when the login must not be sent.
+func (c *Client) charge(ctx context.Context, creds string) (token.Failures, int, bool) {
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	n, ok, err := c.fails.ChargeFailure(sctx, creds, c.maxFailed)
+	cancel()
+	if err == nil {
+		return c.fails, n, ok
+	}
+	n, ok, _ = c.lost.ChargeFailure(ctx, creds, 1)
+	return c.lost, n, ok
+}
+
+// storeTimeout bounds a call to a shared store: a dead Redis must not eat
+// the login's time.
+const storeTimeout = 500 * time.Millisecond
+
+// settle keeps the charge of a login the upstream refused the
+// credentials of, and takes it back otherwise; a success clears the
+// count. Only a refusal of the credentials themselves counts: a lock
+// placed by someone else, or an account state, is not fixed by changing
+// them.
+func (c *Client) settle(ctx context.Context, fails token.Failures, creds string, err error) {
 	var e *token.Error
 	switch {
 	case err == nil:
-		c.failed.n = 0
+		c.lastRefusal = nil
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+		defer cancel()
+		_ = c.fails.ClearFailures(sctx, creds)
+		_ = c.lost.ClearFailures(sctx, creds)
 	case errors.As(err, &e) && e.Reason == token.ReasonCredentialsRejected:
-		// Only a refusal of the credentials themselves counts: a lock
-		// placed by someone else, or an account state, is not fixed by
-		// changing them.
-		if c.failed.creds != creds {
-			c.failed.creds, c.failed.n = creds, 0
+		c.lastRefusal = e
+	default:
+		c.refund(ctx, fails, creds)
+	}
+}
+
+func (c *Client) refund(ctx context.Context, fails token.Failures, creds string) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+	defer cancel()
+	_ = fails.RefundFailure(sctx, creds)
+}
+
+// refused is the answer to a login not sent: n logins with these
+// credentials were refused in a row.
+func (c *Client) refused(n int) *token.Error {
+	e := token.Rejected(token.ReasonCredentialsRejected, "", "")
+	if c.lastRefusal != nil {
+		r := *c.lastRefusal
+		e = &r
+	}
+	e.Message = fmt.Sprintf("the upstream refused these credentials %d times in a row", n)
+	if e.Upstream != "" {
+		e.Message += " (" + e.Upstream + ")"
+	}
+	e.Message += ", and Ibanera locks the account after 5 failures: tokenvend will not send them again until the configured password or totp_secret changes"
+	return e
+}
+
+// reserved returns the code of the first step no earlier login used, in
+// this process (lastStep) and in the fleet (a reserved step), waiting
+// for a later step when another replica has this one. A store that
+// cannot be reached reserves nothing: this process's lastStep still
+// applies.
+func (c *Client) reserved(ctx context.Context, key string) (string, int64, error) {
+	after := c.lastStep
+	for {
+		code, step, _, err := c.code(ctx, key, after)
+		if err != nil {
+			return "", 0, err
 		}
-		c.failed.n++
-		c.failed.err = e
+		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		ok, err := c.steps.ReserveStep(sctx, step, 2*Step)
+		cancel()
+		if ok || err != nil {
+			return code, step, nil
+		}
+		after = step
 	}
 }
 

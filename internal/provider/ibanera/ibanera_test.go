@@ -828,3 +828,102 @@ func mustFinish(t *testing.T, c *ibanera.Client, tok *token.Token) *token.Token 
 	}
 	return out
 }
+
+// TestSharedFailuresAndSteps: replicas sharing a store (Share) count the
+// fleet's failed logins, not each their own: three replicas with a wrong
+// password send it DefaultSharedMaxFailedLogins times in all, below the
+// lockout; and two replicas logging in within one step never send the
+// same step's code.
+func TestSharedFailuresAndSteps(t *testing.T) {
+	t.Parallel()
+	t.Run("failures", func(t *testing.T) {
+		t.Parallel()
+		clk := newClock(stepStart)
+		sim, srv := startSim(t, clk, ibanerasim.Options{})
+		cfg := baseConfig(srv)
+		cfg.Password = secret.Literal("wrong")
+		shared := token.NewMemoryStore(clk.Now)
+		var replicas []*ibanera.Client
+		for range 3 {
+			c := newClient(t, cfg, srv, clk)
+			c.Share(shared, shared)
+			replicas = append(replicas, c)
+		}
+		for i := range 12 {
+			clk.Advance(ibanera.Step)
+			_, err := replicas[i%3].Token(context.Background(), token.Request{})
+			if token.KindOf(err) != token.KindRejected {
+				t.Fatalf("attempt %d: got %v, want a rejection", i, err)
+			}
+		}
+		if got := sim.LoginAttempts(); got != ibanera.DefaultSharedMaxFailedLogins {
+			t.Errorf("upstream login attempts: got %d, want %d for the fleet", got, ibanera.DefaultSharedMaxFailedLogins)
+		}
+		if sim.Locked(user) {
+			t.Fatal("the upstream locked the account")
+		}
+	})
+	t.Run("steps", func(t *testing.T) {
+		t.Parallel()
+		clk := newClock(stepStart)
+		_, srv := startSim(t, clk, ibanerasim.Options{})
+		shared := token.NewMemoryStore(clk.Now)
+		a, b := newClient(t, baseConfig(srv), srv, clk), newClient(t, baseConfig(srv), srv, clk)
+		a.Share(shared, shared)
+		b.Share(shared, shared)
+		clk.Advance(ibanera.Step)
+		if _, err := a.Token(context.Background(), token.Request{}); err != nil {
+			t.Fatalf("replica a: %v", err)
+		}
+		before := clk.Now()
+		if _, err := b.Token(context.Background(), token.Request{}); err != nil {
+			t.Fatalf("replica b: %v (the simulator refuses a code used twice)", err)
+		}
+		if clk.Now().Sub(before) <= 0 {
+			t.Error("replica b logged in within replica a's step: it must wait for the next")
+		}
+	})
+}
+
+// deadStore is a shared store that cannot be reached.
+type deadStore struct{}
+
+var errDead = errors.New("the store cannot be reached")
+
+func (deadStore) ChargeFailure(context.Context, string, int) (int, bool, error) {
+	return 0, false, errDead
+}
+func (deadStore) RefundFailure(context.Context, string) error { return errDead }
+func (deadStore) ClearFailures(context.Context, string) error { return errDead }
+func (deadStore) ReserveStep(context.Context, int64, time.Duration) (bool, error) {
+	return false, errDead
+}
+
+// TestSharedStoreLostAllowsOneFailure: while the fleet's count cannot be
+// reached, a replica allows itself one failed login, not max_failed_logins:
+// it cannot know what the other replicas have spent. A right password
+// still logs in.
+func TestSharedStoreLostAllowsOneFailure(t *testing.T) {
+	t.Parallel()
+	clk := newClock(stepStart)
+	sim, srv := startSim(t, clk, ibanerasim.Options{})
+	cfg := baseConfig(srv)
+	cfg.Password = secret.Literal("wrong")
+	c := newClient(t, cfg, srv, clk)
+	c.Share(deadStore{}, deadStore{})
+	for i := range 5 {
+		clk.Advance(ibanera.Step)
+		if _, err := c.Token(context.Background(), token.Request{}); token.KindOf(err) != token.KindRejected {
+			t.Fatalf("attempt %d: got %v, want a rejection", i, err)
+		}
+	}
+	if got := sim.FailedLogins(); got != 1 {
+		t.Errorf("failed logins upstream with the store lost: got %d, want 1", got)
+	}
+	good := newClient(t, baseConfig(srv), srv, clk)
+	good.Share(deadStore{}, deadStore{})
+	clk.Advance(ibanera.Step)
+	if _, err := good.Token(context.Background(), token.Request{}); err != nil {
+		t.Errorf("the right password with the store lost: %v", err)
+	}
+}
