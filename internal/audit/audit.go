@@ -164,6 +164,19 @@ const maxPooledLine = 64 << 10
 // Record encodes rec exactly as slog.NewJSONHandler(w, nil) would write
 // it, in the caller's goroutine, and writes the line as Write does.
 func (w *Writer) Record(ctx context.Context, rec slog.Record) error {
+	attrs := make([]slog.Attr, 0, rec.NumAttrs())
+	rec.Attrs(func(a slog.Attr) bool {
+		attrs = append(attrs, a)
+		return true
+	})
+	return w.Log(ctx, rec.Time, rec.Level, rec.Message, attrs...)
+}
+
+// Log is Record for the record of t, level, msg and attrs, without
+// building an slog.Record unless slog's handler has to encode it: a
+// record of more than five attributes allocates, and an audit line has
+// eight.
+func (w *Writer) Log(ctx context.Context, t time.Time, level slog.Level, msg string, attrs ...slog.Attr) error {
 	e := encoders.Get().(*encoder)
 	defer func() {
 		if e.buf.Cap() <= maxPooledLine && cap(e.line) <= maxPooledLine {
@@ -172,48 +185,48 @@ func (w *Writer) Record(ctx context.Context, rec slog.Record) error {
 		}
 	}()
 	var ok bool
-	if e.line, ok = appendLine(e.line[:0], rec); ok {
+	if e.line, ok = appendLine(e.line[:0], t, level, msg, attrs); ok {
 		return w.Write(e.line)
 	}
+	rec := slog.NewRecord(t, level, msg, 0)
+	rec.AddAttrs(attrs...)
 	if err := e.h.Handle(ctx, rec); err != nil {
 		return err
 	}
 	return w.Write(e.buf.Bytes())
 }
 
-// appendLine appends rec as slog's JSON handler writes it, byte for byte,
-// when rec is what an audit line is: a time, a level, a message and
-// string attributes. It reports false for anything else (a zero time, a
-// group, a number...), which slog's handler then encodes.
+// appendLine appends a record of t, level, msg and attrs as slog's JSON
+// handler writes it, byte for byte, when it is what an audit line is: a
+// time, a level, a message and string attributes. It reports false for
+// anything else (a zero time, a group, a number...), which slog's handler
+// then encodes.
 //
 // Why not slog's handler for every line: it is general (groups,
 // ReplaceAttr, a Value of any kind) and pays for it: a third of a cached
 // GetToken's handler time went to it (see bench/README.md, issue 18).
 // TestAppendLineIsWhatSlogWrites and FuzzAppendLine hold the two to the
 // same bytes.
-func appendLine(dst []byte, rec slog.Record) ([]byte, bool) {
-	if y := rec.Time.Year(); rec.Time.IsZero() || y < 0 || y >= 10000 {
+func appendLine(dst []byte, t time.Time, level slog.Level, msg string, attrs []slog.Attr) ([]byte, bool) {
+	if y := t.Year(); t.IsZero() || y < 0 || y >= 10000 {
 		return dst, false
 	}
 	dst = append(dst, `{"time":"`...)
-	dst = rec.Time.AppendFormat(dst, time.RFC3339Nano)
+	dst = t.AppendFormat(dst, time.RFC3339Nano)
 	dst = append(dst, `","level":`...)
-	dst = appendString(dst, rec.Level.String())
+	dst = appendString(dst, level.String())
 	dst = append(dst, `,"msg":`...)
-	dst = appendString(dst, rec.Message)
-	ok := true
-	rec.Attrs(func(a slog.Attr) bool {
+	dst = appendString(dst, msg)
+	for _, a := range attrs {
 		if a.Key == "" || a.Value.Kind() != slog.KindString {
-			ok = false
-			return false
+			return dst, false
 		}
 		dst = append(dst, ',')
 		dst = appendString(dst, a.Key)
 		dst = append(dst, ':')
 		dst = appendString(dst, a.Value.String())
-		return true
-	})
-	return append(dst, "}\n"...), ok
+	}
+	return append(dst, "}\n"...), true
 }
 
 // appendString appends s as a quoted JSON string, escaped as slog's JSON
