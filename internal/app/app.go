@@ -185,6 +185,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 			otelgrpc.WithTracerProvider(a.tel.Tracer), otelgrpc.WithMeterProvider(a.tel.Meter),
 			otelgrpc.WithPropagators(a.tel.Propagators))),
 		grpc.UnaryInterceptor(policy.Interceptor()),
+		grpc.ForceServerCodecV2(newAnswerCodec()),
 		// Calls run on a pool of long-lived goroutines whose stacks have
 		// already grown to what a GetToken needs. A fresh goroutine per call
 		// (gRPC's default, and its fallback when every worker is busy) starts
