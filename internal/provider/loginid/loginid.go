@@ -14,7 +14,7 @@
 // the JOSE header is encoded once, and a mint builds the token in one buffer
 // that the access token and the Authorization header share. What is left
 // per call is a random nonce, the clock, one ECDSA signature and a few
-// small allocations (see BenchmarkMint next to BenchmarkECDSASign).
+// small allocations (see BenchmarkMint next to BenchmarkECDSASignDeterministic).
 package loginid
 
 import (
