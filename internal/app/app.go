@@ -212,6 +212,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *App, err error)
 			otelgrpc.WithPropagators(a.tel.Propagators))),
 		// Callers are identified by the policy of the config in force.
 		grpc.UnaryInterceptor(a.identify),
+		grpc.ForceServerCodecV2(newAnswerCodec()),
 		// Calls run on a pool of long-lived goroutines whose stacks have
 		// already grown to what a GetToken needs. A fresh goroutine per call
 		// (gRPC's default, and its fallback when every worker is busy) starts

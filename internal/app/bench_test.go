@@ -90,12 +90,18 @@ func benchParallelism() int { return max(1, 50/runtime.GOMAXPROCS(0)) }
 // what GetToken adds to the floor.
 func BenchmarkGetTokenGRPC(b *testing.B) {
 	req := &tokenvendv1.GetTokenRequest{Provider: "kyc"}
+	minted := &tokenvendv1.GetTokenRequest{Provider: "loginid", Scope: "users.create"}
 	calls := []struct {
 		name string
 		call func(context.Context, *benchService) error
 	}{
 		{"GetToken", func(ctx context.Context, s *benchService) error {
 			_, err := s.tokens.GetToken(ctx, req)
+			return err
+		}},
+		// A fresh ES256 token per call: what minting adds to GetToken.
+		{"GetTokenLoginID", func(ctx context.Context, s *benchService) error {
+			_, err := s.tokens.GetToken(ctx, minted)
 			return err
 		}},
 		{"HealthCheck", func(ctx context.Context, s *benchService) error {

@@ -36,10 +36,10 @@ func newGateway(ctx context.Context, srv tokenvendv1.TokenServiceServer) (http.H
 	mux := runtime.NewServeMux(
 		runtime.WithRoutingErrorHandler(routingError(routes)),
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, restMarshaler{&runtime.JSONPb{
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, newRESTMarshaler(&runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		}}),
+		})),
 	)
 	if err := tokenvendv1.RegisterTokenServiceHandlerServer(ctx, mux, srv); err != nil {
 		return nil, err

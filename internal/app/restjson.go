@@ -5,6 +5,7 @@ import (
 	"math/bits"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -20,15 +21,48 @@ import (
 // CPU. The JSON means what protojson's does with the options JSONPb is
 // given (proto field names, unpopulated fields emitted); a test holds the
 // two together. Anything the direct path does not cover goes to protojson.
+//
+// The Server answers every hit on a cached token with the same message
+// (server.Server.answer), so the JSON of the last message written is kept
+// in last and written again while the same message comes back: a cached
+// token is encoded once, not per call. One message is kept, not one per
+// provider: a mix of providers only misses, and pays one small allocation
+// per miss. The gateway only writes the bytes Marshal returns, so callers
+// can share them.
 type restMarshaler struct {
 	*runtime.JSONPb
+	last *atomic.Pointer[restJSON] // nil: nothing is kept
+}
+
+// restJSON is the JSON written for resp, which it keeps alive, so the
+// pointer cannot be reused for another message while it is here.
+type restJSON struct {
+	resp *tokenvendv1.GetTokenResponse
+	json []byte
+}
+
+func newRESTMarshaler(pb *runtime.JSONPb) restMarshaler {
+	return restMarshaler{JSONPb: pb, last: &atomic.Pointer[restJSON]{}}
 }
 
 func (m restMarshaler) Marshal(v any) ([]byte, error) {
-	if r, ok := v.(*tokenvendv1.GetTokenResponse); ok && m.UseProtoNames && m.EmitUnpopulated && direct(r) {
-		return appendGetTokenResponse(nil, r), nil
+	r, ok := v.(*tokenvendv1.GetTokenResponse)
+	if !ok || !m.UseProtoNames || !m.EmitUnpopulated {
+		return m.JSONPb.Marshal(v)
 	}
-	return m.JSONPb.Marshal(v)
+	if m.last != nil {
+		if j := m.last.Load(); j != nil && j.resp == r {
+			return j.json, nil
+		}
+	}
+	if !direct(r) {
+		return m.JSONPb.Marshal(v)
+	}
+	b := appendGetTokenResponse(nil, r)
+	if m.last != nil && !r.SingleUse { // a single-use token is never answered twice
+		m.last.Store(&restJSON{resp: r, json: b})
+	}
+	return b, nil
 }
 
 // direct reports whether r can be written directly; protojson is left what

@@ -22,7 +22,7 @@ func sameAsProtojson(t *testing.T, r *tokenvendv1.GetTokenResponse) {
 	t.Helper()
 	pb := &runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}}
 	want, wantErr := pb.Marshal(r)
-	got, gotErr := restMarshaler{pb}.Marshal(r)
+	got, gotErr := newRESTMarshaler(pb).Marshal(r)
 	if wantErr != nil {
 		if gotErr == nil {
 			t.Fatalf("protojson refuses %v (%v); the direct path wrote %s", r, wantErr, got)
@@ -98,7 +98,7 @@ func TestRESTJSONIsProtojson(t *testing.T) {
 // The gateway's other messages (errors, ListProviders) are protojson's.
 func TestRESTJSONOtherMessages(t *testing.T) {
 	t.Parallel()
-	m := restMarshaler{&runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}}}
+	m := newRESTMarshaler(&runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}})
 	got, err := m.Marshal(&tokenvendv1.ListProvidersResponse{Providers: []*tokenvendv1.Provider{{Name: "kyc", DefaultScope: "s"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -118,4 +118,58 @@ func FuzzRESTJSONIsProtojson(f *testing.F) {
 		sameAsProtojson(t, &tokenvendv1.GetTokenResponse{AccessToken: tok, TokenType: typ, Headers: map[string]string{k: v},
 			ExpireTime: &timestamppb.Timestamp{Seconds: secs, Nanos: nanos}, SingleUse: single})
 	})
+}
+
+// TestRESTJSONOfACachedTokenIsEncodedOnce: the message the Server shares
+// between the hits on a cached token is encoded on its first call only;
+// another message, even one equal to it, is encoded for itself, and a
+// single-use one is not kept.
+func TestRESTJSONOfACachedTokenIsEncodedOnce(t *testing.T) {
+	t.Parallel()
+	m := newRESTMarshaler(&runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}})
+	marshal := func(r *tokenvendv1.GetTokenResponse) []byte {
+		t.Helper()
+		b, err := m.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	cached := &tokenvendv1.GetTokenResponse{AccessToken: "t1", TokenType: "Bearer", Headers: map[string]string{"Authorization": "Bearer t1"}}
+	first := marshal(cached)
+	if again := marshal(cached); &again[0] != &first[0] {
+		t.Errorf("the same message was encoded again")
+	}
+	next := &tokenvendv1.GetTokenResponse{AccessToken: "t2", TokenType: "Bearer", Headers: map[string]string{"Authorization": "Bearer t2"}}
+	if got := marshal(next); !bytes.Contains(got, []byte(`"access_token":"t2"`)) || !bytes.Contains(got, []byte(`"Authorization":"Bearer t2"`)) {
+		t.Errorf("the next token's message: got %s", got)
+	}
+	minted := &tokenvendv1.GetTokenResponse{AccessToken: "m1", TokenType: "Bearer", SingleUse: true}
+	marshal(minted)
+	if j := m.last.Load(); j == nil || j.resp != next {
+		t.Errorf("after a single-use answer, the kept message is %v, want the cached one's", j)
+	}
+}
+
+// BenchmarkRESTJSON is the REST answer of a cached token (~600 bytes of
+// JSON, as the demo's kyc answers): encoded per call, as it was, and kept
+// across the hits on the message the Server shares.
+func BenchmarkRESTJSON(b *testing.B) {
+	tok := "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + strings.Repeat("eyJzdWIiOiI4ZjE0ZTQ1Zi1jZWE2", 8) + ".c2lnbmF0dXJlLW9mLWEtYmVuY2gtdG9rZW4tMzItYnl0ZXM"
+	r := &tokenvendv1.GetTokenResponse{AccessToken: tok, TokenType: "Bearer", Headers: map[string]string{"Authorization": "Bearer " + tok},
+		IssueTime: timestamppb.Now(), ExpireTime: timestamppb.Now()}
+	pb := &runtime.JSONPb{MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}}
+	for _, c := range []struct {
+		name string
+		m    restMarshaler
+	}{{"per call", restMarshaler{JSONPb: pb}}, {"kept", newRESTMarshaler(pb)}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.m.Marshal(r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -19,6 +19,8 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
+	"unicode/utf8"
 )
 
 // Writer is a group-commit writer of whole lines to one sink. It is safe
@@ -142,10 +144,12 @@ func write(out io.Writer, p []byte) error {
 	return err
 }
 
-// encoder is a JSON handler that writes into its own buffer.
+// encoder is the buffers a line is encoded into: line for appendLine,
+// buf for slog's JSON handler h.
 type encoder struct {
-	buf bytes.Buffer
-	h   slog.Handler
+	line []byte
+	buf  bytes.Buffer
+	h    slog.Handler
 }
 
 var encoders = sync.Pool{New: func() any {
@@ -154,21 +158,126 @@ var encoders = sync.Pool{New: func() any {
 	return e
 }}
 
-// maxPooledLine bounds the buffer of an encoder put back in the pool.
+// maxPooledLine bounds the buffers of an encoder put back in the pool.
 const maxPooledLine = 64 << 10
 
 // Record encodes rec exactly as slog.NewJSONHandler(w, nil) would write
 // it, in the caller's goroutine, and writes the line as Write does.
 func (w *Writer) Record(ctx context.Context, rec slog.Record) error {
+	attrs := make([]slog.Attr, 0, rec.NumAttrs())
+	rec.Attrs(func(a slog.Attr) bool {
+		attrs = append(attrs, a)
+		return true
+	})
+	return w.Log(ctx, rec.Time, rec.Level, rec.Message, attrs...)
+}
+
+// Log is Record for the record of t, level, msg and attrs, without
+// building an slog.Record unless slog's handler has to encode it: a
+// record of more than five attributes allocates, and an audit line has
+// eight.
+func (w *Writer) Log(ctx context.Context, t time.Time, level slog.Level, msg string, attrs ...slog.Attr) error {
 	e := encoders.Get().(*encoder)
 	defer func() {
-		if e.buf.Cap() <= maxPooledLine {
+		if e.buf.Cap() <= maxPooledLine && cap(e.line) <= maxPooledLine {
 			e.buf.Reset()
 			encoders.Put(e)
 		}
 	}()
+	var ok bool
+	if e.line, ok = appendLine(e.line[:0], t, level, msg, attrs); ok {
+		return w.Write(e.line)
+	}
+	rec := slog.NewRecord(t, level, msg, 0)
+	rec.AddAttrs(attrs...)
 	if err := e.h.Handle(ctx, rec); err != nil {
 		return err
 	}
 	return w.Write(e.buf.Bytes())
 }
+
+// appendLine appends a record of t, level, msg and attrs as slog's JSON
+// handler writes it, byte for byte, when it is what an audit line is: a
+// time, a level, a message and string attributes. It reports false for
+// anything else (a zero time, a group, a number...), which slog's handler
+// then encodes.
+//
+// Why not slog's handler for every line: it is general (groups,
+// ReplaceAttr, a Value of any kind) and pays for it: a third of a cached
+// GetToken's handler time went to it (see bench/README.md, issue 18).
+// TestAppendLineIsWhatSlogWrites and FuzzAppendLine hold the two to the
+// same bytes.
+func appendLine(dst []byte, t time.Time, level slog.Level, msg string, attrs []slog.Attr) ([]byte, bool) {
+	if y := t.Year(); t.IsZero() || y < 0 || y >= 10000 {
+		return dst, false
+	}
+	dst = append(dst, `{"time":"`...)
+	dst = t.AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","level":`...)
+	dst = appendString(dst, level.String())
+	dst = append(dst, `,"msg":`...)
+	dst = appendString(dst, msg)
+	for _, a := range attrs {
+		if a.Key == "" || a.Value.Kind() != slog.KindString {
+			return dst, false
+		}
+		dst = append(dst, ',')
+		dst = appendString(dst, a.Key)
+		dst = append(dst, ':')
+		dst = appendString(dst, a.Value.String())
+	}
+	return append(dst, "}\n"...), true
+}
+
+// appendString appends s as a quoted JSON string, escaped as slog's JSON
+// handler escapes it: a quote, a backslash and control characters; invalid
+// UTF-8 becomes \ufffd, and U+2028 and U+2029 are escaped too.
+func appendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++ // the common case: printable ASCII, copied as is
+			continue
+		}
+		var esc string
+		size := 1
+		switch {
+		case c == '"':
+			esc = `\"`
+		case c == '\\':
+			esc = `\\`
+		case c == '\n':
+			esc = `\n`
+		case c == '\r':
+			esc = `\r`
+		case c == '\t':
+			esc = `\t`
+		case c < 0x20:
+			esc = `\u00` + string(hex[c>>4]) + string(hex[c&0xf])
+		default:
+			var r rune
+			r, size = utf8.DecodeRuneInString(s[i:])
+			switch {
+			case r == utf8.RuneError && size == 1:
+				esc = `\ufffd`
+			case r == '\u2028':
+				esc = `\u2028`
+			case r == '\u2029':
+				esc = `\u2029`
+			default:
+				i += size // any other character, as is
+				continue
+			}
+		}
+		dst = append(dst, s[start:i]...)
+		dst = append(dst, esc...)
+		i += size
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+const hex = "0123456789abcdef"

@@ -271,3 +271,137 @@ func TestRecordIsWhatSlogsJSONHandlerWrites(t *testing.T) {
 		t.Errorf("got %q, want %q twice", calls, want.String())
 	}
 }
+
+// slogLine is rec as slog's JSON handler writes it.
+func slogLine(t testing.TB, rec slog.Record) string {
+	var b bytes.Buffer
+	if err := slog.NewJSONHandler(&b, nil).Handle(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// recordLine is rec as Record writes it.
+func recordLine(t testing.TB, rec slog.Record) string {
+	var b bytes.Buffer
+	if err := New(&b).Record(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func attrsOf(rec slog.Record) []slog.Attr {
+	var attrs []slog.Attr
+	rec.Attrs(func(a slog.Attr) bool { attrs = append(attrs, a); return true })
+	return attrs
+}
+
+// logLine is rec as Log writes it.
+func logLine(t testing.TB, rec slog.Record) string {
+	var b bytes.Buffer
+	if err := New(&b).Log(context.Background(), rec.Time, rec.Level, rec.Message, attrsOf(rec)...); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// TestAppendLineIsWhatSlogWrites: the hand-written encoding of an audit
+// line is byte for byte slog's, for the strings a caller can send
+// (subject, scope) and for records it does not handle itself.
+func TestAppendLineIsWhatSlogWrites(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 12, 1, 12, 0, 0, 123456789, time.UTC)
+	for _, tc := range []struct {
+		name string
+		rec  func() slog.Record
+		fast bool // appendLine encodes it (rather than slog's handler)
+	}{
+		{"plain", func() slog.Record {
+			r := slog.NewRecord(at, slog.LevelInfo, "audit", 0)
+			r.AddAttrs(slog.String("caller", "spiffe://example.org/ns/a/sa/b"), slog.String("scope", ""))
+			return r
+		}, true},
+		{"escapes", func() slog.Record {
+			r := slog.NewRecord(at.In(time.FixedZone("x", 5*3600+1800)), slog.LevelWarn+1, "a \"msg\"\n", 0)
+			r.AddAttrs(slog.String("subject", "q\"b\\s/\n\r\t\x00\x01\x1f\x7f<>&é😀\u2028\u2029\xff\xc3"),
+				slog.String("k\"ey", "v"))
+			return r
+		}, true},
+		{"eight attributes", func() slog.Record {
+			r := slog.NewRecord(at, slog.LevelInfo, "audit", 0)
+			for _, k := range []string{"caller", "provider", "scope", "subject", "code", "result", "token_sha256", "trace_id"} {
+				r.AddAttrs(slog.String(k, k+"-value"))
+			}
+			return r
+		}, true},
+		{"a number", func() slog.Record {
+			r := slog.NewRecord(at, slog.LevelInfo, "audit", 0)
+			r.AddAttrs(slog.String("caller", "c"), slog.Int("n", 3))
+			return r
+		}, false},
+		{"a group", func() slog.Record {
+			r := slog.NewRecord(at, slog.LevelInfo, "audit", 0)
+			r.AddAttrs(slog.Group("g", slog.String("a", "b")))
+			return r
+		}, false},
+		{"an empty key", func() slog.Record {
+			r := slog.NewRecord(at, slog.LevelInfo, "audit", 0)
+			r.AddAttrs(slog.String("", "v"))
+			return r
+		}, false},
+		{"no time", func() slog.Record { return slog.NewRecord(time.Time{}, slog.LevelInfo, "audit", 0) }, false},
+		{"year 10000", func() slog.Record {
+			return slog.NewRecord(time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), slog.LevelInfo, "audit", 0)
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rec := tc.rec()
+			want := slogLine(t, rec)
+			if got := recordLine(t, rec); got != want {
+				t.Errorf("Record wrote\n%q, want\n%q", got, want)
+			}
+			if got := logLine(t, rec); got != want {
+				t.Errorf("Log wrote\n%q, want\n%q", got, want)
+			}
+			if _, fast := appendLine(nil, rec.Time, rec.Level, rec.Message, attrsOf(rec)); fast != tc.fast {
+				t.Errorf("appendLine handled it: got %v, want %v", fast, tc.fast)
+			}
+		})
+	}
+}
+
+// FuzzAppendLine holds Record and Log to slog's bytes for any message and string
+// attribute.
+func FuzzAppendLine(f *testing.F) {
+	f.Add("audit", "subject", "alice@example.com")
+	f.Add("\u2028", "k\x00", "\xff\xfe\"\\")
+	f.Fuzz(func(t *testing.T, msg, key, value string) {
+		rec := slog.NewRecord(time.Date(2026, 12, 1, 12, 0, 0, 1, time.UTC), slog.LevelInfo, msg, 0)
+		rec.AddAttrs(slog.String(key, value))
+		want := slogLine(t, rec)
+		if got := recordLine(t, rec); got != want {
+			t.Errorf("Record wrote\n%q, want\n%q", got, want)
+		}
+		if got := logLine(t, rec); got != want {
+			t.Errorf("Log wrote\n%q, want\n%q", got, want)
+		}
+	})
+}
+
+// TestALoneLogAllocatesNothing: an audit line of eight attributes, the
+// GetToken one, is encoded and written without an allocation.
+func TestALoneLogAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops encoders at random under the race detector")
+	}
+	w := New(io.Discard)
+	at := time.Now()
+	attrs := []slog.Attr{slog.String("caller", "c"), slog.String("provider", "kyc"), slog.String("scope", ""),
+		slog.String("subject", ""), slog.String("code", "OK"), slog.String("result", "hit"),
+		slog.String("token_sha256", "0011223344556677"), slog.String("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736")}
+	w.Log(context.Background(), at, slog.LevelInfo, "audit", attrs...) // the pool's first encoder
+	if got := testing.AllocsPerRun(100, func() { w.Log(context.Background(), at, slog.LevelInfo, "audit", attrs...) }); got != 0 {
+		t.Errorf("allocations per lone Log: got %v, want 0", got)
+	}
+}

@@ -52,12 +52,14 @@ type state struct {
 
 // providerStats are a configured provider's GetToken count, read by the
 // metrics callback (a successful GetToken is the hot path, and an atomic
-// add is all it pays), and the fingerprint of its last token. A provider
+// add is all it pays), and the fingerprint of its last token and the
+// answer built for it. A provider
 // that stays configured across a reload keeps its own.
 type providerStats struct {
 	ok     atomic.Int64
 	okAttr metric.ObserveOption
 	fp     atomic.Pointer[fpMemo]
+	answer atomic.Pointer[answerMemo]
 }
 
 // requestCounts count failed GetToken requests by provider and gRPC code.
@@ -112,6 +114,38 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 	if err != nil {
 		return nil, toStatus(err, broker.Shown(r).Provider)
 	}
+	return s.state.Load().answer(req.GetProvider(), a), nil
+}
+
+// answer is the GetTokenResponse for a. A cached token gets one message,
+// built on its first call and returned on every later one: gRPC encodes
+// it after GetToken returns (concurrent encodings of one message are
+// safe) and nothing changes a returned message, so sharing it is safe,
+// and the three allocations per call (the answer, its two timestamps)
+// were a tenth of a cached GetToken's CPU (bench/README.md, issue 18).
+// A single-use token is never asked for twice, so it is not remembered.
+func (s *state) answer(provider string, a broker.Answer) *tokenvendv1.GetTokenResponse {
+	p := s.providers[provider]
+	if p == nil || a.SingleUse {
+		return newAnswer(a)
+	}
+	memo := &p.answer
+	if m := memo.Load(); m != nil && m.tok == a.Token {
+		return m.resp
+	}
+	resp := newAnswer(a)
+	memo.Store(&answerMemo{tok: a.Token, resp: resp})
+	return resp
+}
+
+// answerMemo is the answer built for a token, which it keeps alive, so
+// the pointer cannot be reused for another token while it is here.
+type answerMemo struct {
+	tok  *token.Token
+	resp *tokenvendv1.GetTokenResponse
+}
+
+func newAnswer(a broker.Answer) *tokenvendv1.GetTokenResponse {
 	t := a.Token
 	resp := &tokenvendv1.GetTokenResponse{
 		AccessToken: t.AccessToken,
@@ -125,7 +159,7 @@ func (s *Server) GetToken(ctx context.Context, req *tokenvendv1.GetTokenRequest)
 	if !t.Expiry.IsZero() {
 		resp.ExpireTime = timestamppb.New(t.Expiry)
 	}
-	return resp, nil
+	return resp
 }
 
 // vend is GetToken for caller, over gRPC, REST and proxy mode alike: the
@@ -281,12 +315,10 @@ func (s *Server) audit(ctx context.Context, span trace.Span, st *state, caller s
 		}
 		span.AddEvent("tokenvend.audit", trace.WithAttributes(kvs...))
 	}
-	// A record encoded straight away: the audit line is on the hot path,
-	// and Logger.LogAttrs would walk the stack for a source location it
-	// never prints.
-	rec := slog.NewRecord(time.Now(), slog.LevelInfo, "audit", 0)
-	rec.AddAttrs(attrs...)
-	if err := s.auditLog.Record(ctx, rec); err != nil {
+	// Encoded straight away: the audit line is on the hot path, and
+	// Logger.LogAttrs would walk the stack for a source location it never
+	// prints, and an slog.Record of eight attributes allocates.
+	if err := s.auditLog.Log(ctx, time.Now(), slog.LevelInfo, "audit", attrs...); err != nil {
 		s.log.ErrorContext(ctx, "the audit line cannot be written: the GetToken fails", "provider", r.Provider, "error", err.Error())
 		return auditUnavailable(err)
 	}
