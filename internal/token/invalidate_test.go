@@ -53,8 +53,9 @@ func TestInvalidateConcurrentReportsCostOneLogin(t *testing.T) {
 	for range 1000 {
 		wg.Go(func() { results <- c.Invalidate(context.Background(), k, old.AccessToken) })
 	}
-	// Callers that arrive meanwhile wait on the one login, never get the
-	// dropped token.
+	// Callers that arrive once the token is dropped wait on the one
+	// login, never get the dropped token.
+	waitFor(t, "a report to start the login", func() bool { busy, _ := inFlight(c, k); return busy })
 	got := make(chan *Token, 20)
 	for range 20 {
 		wg.Go(func() { got <- current(t, c, k) })
