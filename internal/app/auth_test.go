@@ -383,6 +383,20 @@ func TestAuditLine(t *testing.T) {
 	if _, err := m.grpcGet(t, caller{}, "kyc"); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("anonymous: got %v", err)
 	}
+	// The last call's server span may end after its answer has reached
+	// the client (and the stop clears the exporter): wait for the four.
+	auditEvents := func() int {
+		n := 0
+		for _, s := range m.spans.GetSpans() {
+			for _, e := range s.Events {
+				if e.Name == "tokenvend.audit" {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	eventually(t, "the four calls' spans", func() bool { return auditEvents() >= 4 })
 	spans := m.spans.GetSpans()
 	if err := m.stop(); err != nil {
 		t.Fatal(err)
