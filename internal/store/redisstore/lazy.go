@@ -138,12 +138,14 @@ type LazyStore struct {
 	l    *Lazy
 	name string
 	s    atomic.Pointer[Store]
+	w    atomic.Pointer[token.Watcher]
 }
 
 var (
-	_ token.Store    = (*LazyStore)(nil)
-	_ token.Failures = (*LazyStore)(nil)
-	_ token.Steps    = (*LazyStore)(nil)
+	_ token.Store     = (*LazyStore)(nil)
+	_ token.Failures  = (*LazyStore)(nil)
+	_ token.Steps     = (*LazyStore)(nil)
+	_ token.Watchable = (*LazyStore)(nil)
 )
 
 func (s *LazyStore) get() (*Store, error) {
@@ -155,8 +157,21 @@ func (s *LazyStore) get() (*Store, error) {
 		return nil, ErrNotConnected
 	}
 	st := c.Provider(s.name)
+	if w := s.w.Load(); w != nil {
+		// Before the first read: Redis tells of changes to keys read.
+		st.Watch(w)
+	}
 	s.s.Store(st)
 	return st, nil
+}
+
+// Watch is Store.Watch, from when Redis is reached. Only the Cache holds
+// its LazyStore, so keeping w here keeps nothing alive.
+func (s *LazyStore) Watch(w *token.Watcher) {
+	s.w.Store(w)
+	if st := s.s.Load(); st != nil {
+		st.Watch(w)
+	}
 }
 
 // Load is Store.Load once connected.
