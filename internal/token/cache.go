@@ -58,7 +58,8 @@ type Options struct {
 	// Store is what the replicas of the provider share: tokens, the lease
 	// that decides which replica logs in, and the login budget. Nil: the
 	// process's own memory, and no store call at all (one replica, as
-	// before there was a store).
+	// before there was a store). A Watchable store keeps the local
+	// copies coherent with the fleet's (see watch.go).
 	Store Store
 	// OnHold, when set, is told when logins become held, after a
 	// rejection or a pause (true), and when a login succeeds again

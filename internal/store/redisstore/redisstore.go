@@ -7,7 +7,9 @@
 //
 // Token reads use rueidis' server-assisted client-side caching: a token
 // read once is served from the client's memory until Redis says it
-// changed, and that same invalidation wakes the replicas waiting for it.
+// changed, and that same invalidation wakes the replicas waiting for it
+// and tells the replica's Cache (token.Watchable), which reads the token
+// again before it serves its own copy.
 //
 // Key layout, for prefix P, provider N, and a key's scope S and subject U
 // (each part escaped, see part):
