@@ -165,3 +165,43 @@ func TestFleetReconnectRevalidates(t *testing.T) {
 		t.Errorf("upstream logins: got %d, want 2 (none for the restart, one for the report)", got)
 	}
 }
+
+// TestFleetJoinedReplicaHearsChanges: a replica that started without
+// Redis logged in alone, so it never read its token from Redis, which
+// therefore would not tell it of changes. Once Redis answers, it checks
+// its copies: a report on another replica reaches it like any other.
+func TestFleetJoinedReplicaHearsChanges(t *testing.T) {
+	t.Parallel()
+	clk := fleetClock()
+	sim, url := kycSim(t, clk)
+	srv := redistest.Start(t)
+	srv.Kill()
+	yaml := storeYAML([]string{srv.Addr}, defaultKeys...) + "providers:" + kycProvider("kyc", url, kycPassword)
+	alone := startReplica(t, clk, yaml, fleetOpts{})
+	old := alone.mustGet("kyc")
+	srv.Restart()
+	eventually(t, "the replica to reach Redis", func() bool { return alone.metric("tokenvend_store_up", "") == 1 })
+	eventually(t, "its token to be written back", func() bool {
+		return alone.metric("tokenvend_store_events_total", `event="written_back"`) >= 1
+	})
+	if got := alone.mustGet("kyc"); got.GetAccessToken() != old.GetAccessToken() {
+		t.Fatal("the replica lost its token on joining")
+	}
+	other := startFleet(t, clk, 1, yaml, fleetOpts{})[0]
+	if got := other.mustGet("kyc"); got.GetAccessToken() != old.GetAccessToken() {
+		t.Fatal("a second replica did not get the token written back")
+	}
+	clk.Advance(time.Second)
+	resp, err := other.client.InvalidateToken(context.Background(), &tokenvendv1.InvalidateTokenRequest{
+		Provider: "kyc", AccessToken: old.GetAccessToken()})
+	if err != nil || !resp.GetInvalidated() {
+		t.Fatalf("report: got %v, %v; want invalidated", resp, err)
+	}
+	fresh := other.mustGet("kyc")
+	if got := alone.mustGet("kyc"); got.GetAccessToken() != fresh.GetAccessToken() {
+		t.Error("the replica that joined late still served the reported token")
+	}
+	if got := sim.Logins(); got != 2 {
+		t.Errorf("upstream logins: got %d, want 2", got)
+	}
+}
