@@ -58,7 +58,8 @@ type Options struct {
 	// Store is what the replicas of the provider share: tokens, the lease
 	// that decides which replica logs in, and the login budget. Nil: the
 	// process's own memory, and no store call at all (one replica, as
-	// before there was a store).
+	// before there was a store). A Watchable store keeps the local
+	// copies coherent with the fleet's (see watch.go).
 	Store Store
 	// OnHold, when set, is told when logins become held, after a
 	// rejection or a pause (true), and when a login succeeds again
@@ -194,6 +195,12 @@ type Cache struct {
 	// id and logins name this cache's logins to a shared budget.
 	id     string
 	logins atomic.Uint64
+
+	// watcher is registered with a Watchable store, which may hold it
+	// weakly: the Cache keeps it alive. recheckPause is the real time
+	// before which marked copies are served unread (see recheckRetry).
+	watcher      *Watcher
+	recheckPause time.Time
 }
 
 type entry struct {
@@ -206,6 +213,13 @@ type entry struct {
 	loginAt time.Time
 	// fence is tok's fence in the shared store (0: not stored).
 	fence uint64
+	// recheck marks tok to be read again from the store before it is
+	// served (see watch.go); changes counts the marks, so a recheck
+	// overtaken by a later change leaves the mark; rechecking is closed
+	// when the recheck in flight ends.
+	recheck    recheck
+	changes    uint64
+	rechecking chan struct{}
 }
 
 // call is one login shared by every caller that waits on it. It runs on a
@@ -263,6 +277,7 @@ func NewCache(src Source, o Options) *Cache {
 			attribute.String("provider", o.Provider), attribute.String("result", r)))
 	}
 	o.Metrics.add(c)
+	c.watch()
 	return c
 }
 
@@ -271,7 +286,7 @@ func NewCache(src Source, o Options) *Cache {
 func (c *Cache) Get(ctx context.Context, k Key, minValidFor time.Duration) (*Token, Outcome, error) {
 	ctx, span := c.o.Tracer.Start(ctx, "tokenvend.cache.Get", c.spanAttrs...)
 	defer span.End()
-	tok, out, err := c.get(ctx, k, minValidFor)
+	tok, out, err := c.get(ctx, k, minValidFor, false)
 	if span.IsRecording() {
 		span.SetAttributes(
 			attribute.Bool("tokenvend.cache_hit", out.Hit),
@@ -285,7 +300,9 @@ func (c *Cache) Get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 	return tok, out, err
 }
 
-func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Token, Outcome, error) {
+// get is Get; rechecked says this Get has read the stored token once
+// already (see recheck), so it serves what it finds now.
+func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration, rechecked bool) (*Token, Outcome, error) {
 	need := max(c.o.MinValid, minValidFor)
 	now := c.o.Now()
 
@@ -296,6 +313,19 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 		c.entries[k] = e
 	}
 	if e.tok != nil && e.tok.ValidFor(now, need) {
+		if !rechecked && c.recheckDue(e) {
+			// The fleet's token changed since this copy was read.
+			c.mu.Unlock()
+			replaced, err := c.recheck(ctx, k, e)
+			if err != nil {
+				return nil, Outcome{}, err
+			}
+			tok, out, err := c.get(ctx, k, minValidFor, true)
+			if replaced && out.Hit {
+				out = Outcome{Fleet: true}
+			}
+			return tok, out, err
+		}
 		tok := e.tok
 		if e.call == nil && !e.refreshAt.IsZero() && !now.Before(e.refreshAt) && c.heldLocked(now, e) == nil {
 			c.startLocked(ctx, k, e, true)
@@ -335,7 +365,7 @@ func (c *Cache) get(ctx context.Context, k Key, minValidFor time.Duration) (*Tok
 			// the one after it later still. Everyone waiting hears now.
 			return nil, Outcome{Shared: true}, trial.err
 		}
-		return c.get(ctx, k, minValidFor)
+		return c.get(ctx, k, minValidFor, rechecked)
 	}
 	if cl == nil {
 		cl = c.startLocked(ctx, k, e, false)

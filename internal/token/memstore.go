@@ -3,6 +3,7 @@ package token
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 )
@@ -26,6 +27,8 @@ type MemoryStore struct {
 		n     int
 	}
 	steps map[int64]time.Time // reserved step -> end of its reservation
+	// watchers are told of every Save, as Redis tells its replicas.
+	watchers []*Watcher
 }
 
 // memKey is one key's token and lease.
@@ -86,14 +89,26 @@ func (m *MemoryStore) Save(_ context.Context, k Key, s Stored) error {
 		return errors.New("token: Save of no token")
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	e := m.key(k)
 	if e.tok.Token != nil && e.tok.Fence > s.Fence {
+		m.mu.Unlock()
 		return ErrFenced
 	}
 	e.tok = s
 	e.signal()
+	ws := m.watchers
+	m.mu.Unlock()
+	for _, w := range ws {
+		w.Changed(k)
+	}
 	return nil
+}
+
+// Watch tells w of every Save from now on, the saver's own included.
+func (m *MemoryStore) Watch(w *Watcher) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.watchers = append(slices.Clip(m.watchers), w)
 }
 
 // Acquire takes k's lease, nil while it is held. In one process a lease
@@ -246,7 +261,8 @@ func (m *MemoryStore) ReserveStep(_ context.Context, step int64, ttl time.Durati
 }
 
 var (
-	_ Store    = (*MemoryStore)(nil)
-	_ Failures = (*MemoryStore)(nil)
-	_ Steps    = (*MemoryStore)(nil)
+	_ Store     = (*MemoryStore)(nil)
+	_ Failures  = (*MemoryStore)(nil)
+	_ Steps     = (*MemoryStore)(nil)
+	_ Watchable = (*MemoryStore)(nil)
 )

@@ -43,7 +43,7 @@ func NewMetrics(m metric.Meter) (*Metrics, error) {
 		return nil, err
 	}
 	if x.storeEvents, err = m.Int64Counter("tokenvend.store.events",
-		metric.WithDescription("Shared-store events on the login path: lease_wait (another replica held the lease), takeover (its holder ended without a token), adopted (another replica's token used), fenced (a late write refused), error (a store call failed).")); err != nil {
+		metric.WithDescription("Shared-store events on the login path: lease_wait (another replica held the lease), takeover (its holder ended without a token), adopted (another replica's token used), fenced (a late write refused), error (a store call failed), replaced (a local copy replaced by the newer stored token after a change), dropped (a local copy dropped: the stored token was removed).")); err != nil {
 		return nil, err
 	}
 	waiters, err := m.Int64ObservableGauge("tokenvend.login.waiters",

@@ -188,3 +188,26 @@ type Steps interface {
 	// already has it. A reservation lasts ttl (two steps).
 	ReserveStep(ctx context.Context, step int64, ttl time.Duration) (bool, error)
 }
+
+// Watcher is what a shared store tells a Cache when the tokens it keeps
+// change under it, so that a replica's local copies follow the fleet's
+// without a store call on the hot path.
+type Watcher struct {
+	// Changed: the token stored for k was written or removed (perhaps by
+	// another replica) since this replica last read it.
+	Changed func(k Key)
+	// Lost: changes may have been missed (the connection to the store
+	// was lost, or the store was flushed), so every local copy must be
+	// checked once.
+	Lost func()
+}
+
+// Watchable is a Store that tells a Cache when its tokens change. A Cache
+// whose store is Watchable reads a key's stored token again after its
+// Changed, and every key's after Lost, before it serves its own copy.
+type Watchable interface {
+	// Watch registers w. A store may hold w weakly, so that a Cache no
+	// longer used is not kept alive by it: the Cache keeps w. The funcs
+	// run on the store's reader: they must be quick and call no store.
+	Watch(w *Watcher)
+}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/tokenvend/tokenvend/internal/token"
 )
@@ -24,6 +25,11 @@ type Lazy struct {
 	stop   context.CancelFunc
 	done   chan struct{}
 	closed sync.Once
+
+	mu sync.Mutex
+	// stores are the providers' stores handed out, held weakly: a reload
+	// replaces them.
+	stores []weak.Pointer[LazyStore]
 }
 
 // ErrNotConnected is every store call's answer until Redis was reached
@@ -94,6 +100,15 @@ func (l *Lazy) set(up bool, err error) {
 	}
 	if up {
 		l.o.Log.Info("the shared store answers: replicas act as one broker")
+		// Whatever changed meanwhile went unheard, and tokens logged in
+		// alone were never read from Redis, so Redis would not tell of
+		// their changes either: every Cache checks its copies once.
+		if c := l.c.Load(); c != nil {
+			for _, st := range l.liveStores() {
+				_, _ = st.get() // registers its Cache's watcher
+			}
+			c.invalidated(nil)
+		}
 		if l.onUp != nil {
 			l.onUp()
 		}
@@ -130,7 +145,28 @@ func (l *Lazy) Close() {
 // Provider returns one provider's store, which answers ErrNotConnected
 // until Redis has been reached.
 func (l *Lazy) Provider(name string) *LazyStore {
-	return &LazyStore{l: l, name: name}
+	s := &LazyStore{l: l, name: name}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stores = append(l.stores, weak.Make(s))
+	return s
+}
+
+// liveStores returns the stores still in use, forgetting the others.
+func (l *Lazy) liveStores() []*LazyStore {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var live []*LazyStore
+	kept := l.stores[:0]
+	for _, p := range l.stores {
+		if s := p.Value(); s != nil {
+			live = append(live, s)
+			kept = append(kept, p)
+		}
+	}
+	clear(l.stores[len(kept):])
+	l.stores = kept
+	return live
 }
 
 // LazyStore is a Store once its Lazy is connected.
@@ -138,12 +174,14 @@ type LazyStore struct {
 	l    *Lazy
 	name string
 	s    atomic.Pointer[Store]
+	w    atomic.Pointer[token.Watcher]
 }
 
 var (
-	_ token.Store    = (*LazyStore)(nil)
-	_ token.Failures = (*LazyStore)(nil)
-	_ token.Steps    = (*LazyStore)(nil)
+	_ token.Store     = (*LazyStore)(nil)
+	_ token.Failures  = (*LazyStore)(nil)
+	_ token.Steps     = (*LazyStore)(nil)
+	_ token.Watchable = (*LazyStore)(nil)
 )
 
 func (s *LazyStore) get() (*Store, error) {
@@ -155,8 +193,21 @@ func (s *LazyStore) get() (*Store, error) {
 		return nil, ErrNotConnected
 	}
 	st := c.Provider(s.name)
+	if w := s.w.Load(); w != nil {
+		// Before the first read: Redis tells of changes to keys read.
+		st.Watch(w)
+	}
 	s.s.Store(st)
 	return st, nil
+}
+
+// Watch is Store.Watch, from when Redis is reached. Only the Cache holds
+// its LazyStore, so keeping w here keeps nothing alive.
+func (s *LazyStore) Watch(w *token.Watcher) {
+	s.w.Store(w)
+	if st := s.s.Load(); st != nil {
+		st.Watch(w)
+	}
 }
 
 // Load is Store.Load once connected.

@@ -7,7 +7,9 @@
 //
 // Token reads use rueidis' server-assisted client-side caching: a token
 // read once is served from the client's memory until Redis says it
-// changed, and that same invalidation wakes the replicas waiting for it.
+// changed, and that same invalidation wakes the replicas waiting for it
+// and tells the replica's Cache (token.Watchable), which reads the token
+// again before it serves its own copy.
 //
 // Key layout, for prefix P, provider N, and a key's scope S and subject U
 // (each part escaped, see part):
@@ -33,10 +35,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"weak"
 
 	"github.com/redis/rueidis"
 
@@ -114,6 +118,10 @@ type Client struct {
 	// waiters are the channels of Wait calls, by the Redis key they
 	// watch; an invalidation of the key signals them.
 	waiters map[string]map[chan struct{}]struct{}
+	// watchers are the Caches told of changes to their tokens, by
+	// provider tag ("P:N", escaped). Held weakly: a Cache a reload
+	// replaced is not kept alive by them.
+	watchers map[string][]weak.Pointer[token.Watcher]
 }
 
 // New connects to Redis. It fails when no address can be reached.
@@ -133,7 +141,8 @@ func New(o Options) (*Client, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{o: o, prefix: part(o.Prefix), id: randomID(), waiters: map[string]map[chan struct{}]struct{}{}}
+	c := &Client{o: o, prefix: part(o.Prefix), id: randomID(), waiters: map[string]map[chan struct{}]struct{}{},
+		watchers: map[string][]weak.Pointer[token.Watcher]{}}
 	rc, err := rueidis.NewClient(rueidis.ClientOption{
 		InitAddress:     o.Addrs,
 		Username:        o.Username,
@@ -157,12 +166,21 @@ func (c *Client) Provider(name string) *Store {
 	return &Store{c: c, tag: c.prefix + ":" + part(name)}
 }
 
-// invalidated wakes the waiters of invalidated keys; nil (the connection
-// was lost, every cached key is dropped) wakes them all. It runs on the
-// connection's reader: it must be quick.
+// invalidated wakes the waiters of invalidated keys and tells the Caches
+// whose tokens they are; nil (the connection was lost, or Redis flushed:
+// every cached key is dropped, and changes meanwhile go unheard) wakes
+// them all and tells every Cache to check its copies. Redis sends an
+// invalidation for a key this client read through its cache (Load, Wait)
+// when anyone writes it, this replica included, or it is removed or
+// expires. It runs on the connection's reader: it must be quick.
 func (c *Client) invalidated(msgs []rueidis.RedisMessage) {
+	type change struct {
+		w *token.Watcher
+		k token.Key
+	}
+	var changes []change
+	var lost []*token.Watcher
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	wake := func(set map[chan struct{}]struct{}) {
 		for ch := range set {
 			select {
@@ -175,12 +193,57 @@ func (c *Client) invalidated(msgs []rueidis.RedisMessage) {
 		for _, set := range c.waiters {
 			wake(set)
 		}
-		return
+		for tag := range c.watchers {
+			lost = append(lost, c.watchersLocked(tag)...)
+		}
 	}
 	for _, m := range msgs {
-		if k, err := m.ToString(); err == nil {
-			wake(c.waiters[k])
+		key, err := m.ToString()
+		if err != nil {
+			continue
 		}
+		wake(c.waiters[key])
+		if tag, k, ok := tokKey(key); ok {
+			for _, w := range c.watchersLocked(tag) {
+				changes = append(changes, change{w, k})
+			}
+		}
+	}
+	c.mu.Unlock()
+	for _, w := range lost {
+		w.Lost()
+	}
+	for _, ch := range changes {
+		ch.w.Changed(ch.k)
+	}
+}
+
+// watchersLocked returns tag's live watchers, forgetting collected ones.
+// c.mu must be held.
+func (c *Client) watchersLocked(tag string) []*token.Watcher {
+	var live []*token.Watcher
+	ws := c.watchers[tag][:0]
+	for _, p := range c.watchers[tag] {
+		if w := p.Value(); w != nil {
+			live = append(live, w)
+			ws = append(ws, p)
+		}
+	}
+	if len(ws) == 0 {
+		delete(c.watchers, tag)
+	} else {
+		c.watchers[tag] = ws
+	}
+	return live
+}
+
+// watchTokens registers w for the tokens of provider tag.
+func (c *Client) watchTokens(tag string, w *token.Watcher) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := weak.Make(w)
+	if !slices.Contains(c.watchers[tag], p) {
+		c.watchers[tag] = append(c.watchers[tag], p)
 	}
 }
 
@@ -215,10 +278,16 @@ type Store struct {
 }
 
 var (
-	_ token.Store    = (*Store)(nil)
-	_ token.Failures = (*Store)(nil)
-	_ token.Steps    = (*Store)(nil)
+	_ token.Store     = (*Store)(nil)
+	_ token.Failures  = (*Store)(nil)
+	_ token.Steps     = (*Store)(nil)
+	_ token.Watchable = (*Store)(nil)
 )
+
+// Watch tells w when a token of this provider that this client has read
+// changes in Redis, and when changes may have been missed (see
+// Client.invalidated). w is held weakly.
+func (s *Store) Watch(w *token.Watcher) { s.c.watchTokens(s.tag, w) }
 
 // part escapes one part of a key: letters, digits, '_', '.' and '-' stay,
 // every other byte becomes %XX, so no part holds the ':' that separates
@@ -234,6 +303,48 @@ func part(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// unpart undoes part, strictly: ok is false for anything part would not
+// have written.
+func unpart(s string) (string, bool) {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch ch := s[i]; {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '_', ch == '.', ch == '-':
+			b.WriteByte(ch)
+		case ch == '%' && i+2 < len(s):
+			v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
+			raw := string([]byte{byte(v)})
+			if err != nil || s[i+1:i+3] != strings.ToUpper(s[i+1:i+3]) || part(raw) == raw {
+				return "", false // part writes these bytes as they are
+			}
+			b.WriteString(raw)
+			i += 2
+		default:
+			return "", false
+		}
+	}
+	return b.String(), true
+}
+
+// tokKey maps a Redis key back to the provider tag and the token.Key of
+// the token it holds (see Store.keys); ok is false for any other key.
+func tokKey(key string) (tag string, k token.Key, ok bool) {
+	inner, found := strings.CutSuffix(key, "}:tok")
+	if !found || !strings.HasPrefix(inner, "{") {
+		return "", token.Key{}, false
+	}
+	parts := strings.Split(inner[1:], ":")
+	if len(parts) != 4 {
+		return "", token.Key{}, false
+	}
+	scope, ok1 := unpart(parts[2])
+	subject, ok2 := unpart(parts[3])
+	if !ok1 || !ok2 {
+		return "", token.Key{}, false
+	}
+	return parts[0] + ":" + parts[1], token.Key{Scope: scope, Subject: subject}, true
 }
 
 // keys names the Redis keys of one credential.
