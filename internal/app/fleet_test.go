@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -12,9 +11,6 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	tokenvendv1 "github.com/tokenvend/tokenvend/gen/tokenvend/v1"
 	"github.com/tokenvend/tokenvend/internal/app"
@@ -63,53 +59,7 @@ func startReplica(t *testing.T, clk *clocktest.Clock, yaml string, fo fleetOpts)
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	s := &service{t: t, logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter()}
-	o := app.Options{
-		Log:           slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Audit:         s.logs,
-		SpanExporter:  s.spans,
-		RetryBase:     time.Millisecond,
-		DrainDelay:    -1,
-		Now:           clk.Now,
-		StoreLeaseTTL: fo.leaseTTL,
-		Sleep: func(ctx context.Context, d time.Duration) error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			clk.Advance(d)
-			return nil
-		},
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.New(ctx, cfg, o)
-	if err != nil {
-		cancel()
-		t.Fatalf("app.New: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx) }()
-	var once sync.Once
-	var serveErr error
-	s.stop = func() error {
-		once.Do(func() {
-			cancel()
-			serveErr = <-done
-		})
-		return serveErr
-	}
-	t.Cleanup(func() {
-		if err := s.stop(); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	s.conn, err = grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.conn.Close() })
-	s.client = tokenvendv1.NewTokenServiceClient(s.conn)
-	s.base = "http://" + a.HTTPAddr()
-	return s
+	return startConfigWith(t, clk, cfg, func(o *app.Options) { o.StoreLeaseTTL = fo.leaseTTL })
 }
 
 // startFleet starts n replicas of yaml and waits until each has reached

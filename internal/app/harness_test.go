@@ -80,7 +80,14 @@ func startService(t *testing.T, clk *clocktest.Clock, yaml string) *service {
 
 func startConfig(t *testing.T, clk *clocktest.Clock, cfg *config.Config) *service {
 	t.Helper()
-	s, grpcAddr, httpAddr := startApp(t, clk, cfg)
+	return startConfigWith(t, clk, cfg, nil)
+}
+
+// startConfigWith is startConfig with the service's options adjusted by
+// mod (when not nil).
+func startConfigWith(t *testing.T, clk *clocktest.Clock, cfg *config.Config, mod func(*app.Options)) *service {
+	t.Helper()
+	s, grpcAddr, httpAddr := startAppWith(t, clk, cfg, mod)
 	var err error
 	s.conn, err = grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -95,6 +102,11 @@ func startConfig(t *testing.T, clk *clocktest.Clock, cfg *config.Config) *servic
 // startApp runs the service for cfg until the test ends and returns it
 // without clients, for tests that dial it their own way (TLS).
 func startApp(t *testing.T, clk *clocktest.Clock, cfg *config.Config) (s *service, grpcAddr, httpAddr string) {
+	t.Helper()
+	return startAppWith(t, clk, cfg, nil)
+}
+
+func startAppWith(t *testing.T, clk *clocktest.Clock, cfg *config.Config, mod func(*app.Options)) (s *service, grpcAddr, httpAddr string) {
 	t.Helper()
 	s = &service{t: t, logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter()}
 	o := app.Options{
@@ -115,6 +127,9 @@ func startApp(t *testing.T, clk *clocktest.Clock, cfg *config.Config) (s *servic
 			clk.Advance(d)
 			return nil
 		}
+	}
+	if mod != nil {
+		mod(&o)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, cfg, o)
