@@ -55,8 +55,8 @@ func (o options) store(ctx context.Context, t *table, demo func() (*server, erro
 	if err != nil {
 		return err
 	}
-	t.pair("12", title, call, floor, true, 0.95, 0)
-	t.note("7: two demo processes, one with the redis store (a redis-server on loopback) and one without; each side's server CPU is its own process's.")
+	t.pair("12", title, call, floor, true, 0.95, 0, 0)
+	t.note("12: two demo processes, one with the redis store (a redis-server on loopback) and one without; each side's server CPU is its own process's.")
 	if err := shared.alive(); err != nil {
 		return err
 	}

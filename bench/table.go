@@ -28,9 +28,9 @@ func (t *table) note(format string, args ...any) {
 }
 
 // pair adds the rows of a call measured against its floor: throughput,
-// and the latency percentiles. minRatio and maxP99 are the goals (0:
-// none).
-func (t *table) pair(n, title string, call, floor result, p50 bool, minRatio, maxP99 float64) {
+// the latency percentiles and the CPU per call. minRatio, maxP99 and
+// maxCPU are the goals (0: none).
+func (t *table) pair(n, title string, call, floor result, p50 bool, minRatio, maxP99, maxCPU float64) {
 	ratio := call.rps / floor.rps
 	t.row(n, title+": requests/s", rate(call), rate(floor), fmt.Sprintf("%.2fx", ratio), goal(minRatio > 0, ratio >= minRatio, fmt.Sprintf(">= %gx", minRatio)))
 	if p50 {
@@ -39,7 +39,7 @@ func (t *table) pair(n, title string, call, floor result, p50 bool, minRatio, ma
 	p99 := call.p99.Seconds() / floor.p99.Seconds()
 	t.row(n, "... p99 latency", ms(call.p99), ms(floor.p99), fmt.Sprintf("%.2fx", p99), goal(maxP99 > 0, p99 <= maxP99, fmt.Sprintf("<= %.1fx", maxP99)))
 	cpu := call.cpuPerCall.Seconds() / floor.cpuPerCall.Seconds()
-	t.row(n, "... server CPU per call", us(call.cpuPerCall), us(floor.cpuPerCall), fmt.Sprintf("%.2fx", cpu), "")
+	t.row(n, "... server CPU per call", us(call.cpuPerCall), us(floor.cpuPerCall), fmt.Sprintf("%.2fx", cpu), goal(maxCPU > 0, cpu <= maxCPU, fmt.Sprintf("<= %.1fx", maxCPU)))
 	t.row(n, "... load generator CPU per call (same machine)", us(call.loadCPUPerCall), us(floor.loadCPUPerCall),
 		fmt.Sprintf("%.2fx", call.loadCPUPerCall.Seconds()/floor.loadCPUPerCall.Seconds()), "")
 	t.failures(n, call, floor)
